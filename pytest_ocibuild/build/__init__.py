@@ -1,0 +1,1 @@
+"""Build executor: requests, OCI spec and bundle, input providers, runtimes, executor."""

@@ -1,0 +1,150 @@
+"""Load and dump BuildRequests as YAML/JSON files; every problem is one InvalidRequest line."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pytest_ocibuild.build.request import (
+    AdditionalFile,
+    BuildRequest,
+    Constraints,
+    EnvVar,
+)
+from pytest_ocibuild.castore.digest import Digest
+from pytest_ocibuild.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
+from pytest_ocibuild.errors import InvalidRequest, OcibuildError
+
+_FIELDS = {
+    "inputs", "command_args", "working_dir", "scratch_paths", "inputs_dir", "outputs",
+    "environment_vars", "constraints", "additional_files", "refscan_needles",
+}
+_CONSTRAINTS = {"system", "min_memory", "available_ro_paths", "network_access", "provide_bin_sh"}
+
+
+def bytes_in(value: Any, what: str) -> bytes:
+    """A str (UTF-8) or ``{"base64": ...}`` as bytes."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value).encode()
+    if isinstance(value, Mapping) and set(value) == {"base64"}:
+        try:
+            return base64.b64decode(value["base64"], validate=True)
+        except (ValueError, TypeError):
+            raise InvalidRequest(f"{what}: invalid base64") from None
+    raise InvalidRequest(f"{what}: expected a string, got {type(value).__name__}")
+
+
+def node_from_dict(data: Any, what: str) -> Node:
+    """Inverse of ``node_to_dict``."""
+    if not isinstance(data, Mapping) or "type" not in data:
+        raise InvalidRequest(f"{what}: a node is a mapping with 'type'")
+    kind = data["type"]
+    try:
+        if kind == "symlink":
+            return SymlinkNode(bytes_in(data.get("target"), f"{what}.target"))
+        digest = Digest.parse(str(data["digest"]))
+        size = data["size"]
+        if not isinstance(size, int) or size < 0:
+            raise InvalidRequest(f"{what}.size: {size!r} is not a size")
+        if kind == "file":
+            return FileNode(digest, size, bool(data.get("executable", False)))
+        if kind == "directory":
+            return DirectoryNode(digest, size)
+    except KeyError as e:
+        raise InvalidRequest(f"{what}: missing {e.args[0]!r}") from None
+    except ValueError as e:
+        raise InvalidRequest(f"{what}: {e}") from None
+    raise InvalidRequest(f"{what}: unknown node type {kind!r}")
+
+
+def _list(data: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"{key}: expected a list of strings")
+    return tuple(value)
+
+
+def _mapping(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(f"{key}: expected a mapping")
+    return value
+
+
+def request_from_dict(data: Mapping[str, Any], *, source: str = "request") -> BuildRequest:
+    """Build a BuildRequest from the file format; errors are prefixed with ``source``."""
+    try:
+        if not isinstance(data, Mapping):
+            raise InvalidRequest("expected a mapping at the top level")
+        unknown = set(data) - _FIELDS
+        if unknown:
+            raise InvalidRequest(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
+        cons = _mapping(data, "constraints")
+        bad = set(cons) - _CONSTRAINTS
+        if bad:
+            raise InvalidRequest(f"constraints: unknown field(s): {', '.join(sorted(bad))}")
+        env = _mapping(data, "environment_vars")
+        files = _mapping(data, "additional_files")
+        kwargs: dict[str, Any] = {}
+        for key in ("working_dir", "inputs_dir"):
+            if key in data:
+                kwargs[key] = data[key]
+        if "scratch_paths" in data:
+            kwargs["scratch_paths"] = _list(data, "scratch_paths")
+        return BuildRequest(
+            inputs={str(n): node_from_dict(v, f"inputs.{n}")
+                    for n, v in _mapping(data, "inputs").items()},
+            command_args=_list(data, "command_args"),
+            outputs=_list(data, "outputs"),
+            environment_vars=tuple(
+                EnvVar(str(k), bytes_in(v, f"environment_vars.{k}"))
+                for k, v in sorted(env.items(), key=lambda kv: str(kv[0]).encode())
+            ),
+            constraints=Constraints(
+                system=str(cons.get("system", "x86_64-linux")),
+                min_memory=cons.get("min_memory", 0),
+                available_ro_paths=_list(cons, "available_ro_paths"),
+                network_access=bool(cons.get("network_access", False)),
+                provide_bin_sh=bool(cons.get("provide_bin_sh", False)),
+            ),
+            additional_files=tuple(
+                AdditionalFile(str(p), bytes_in(v, f"additional_files.{p}"))
+                for p, v in sorted(files.items(), key=lambda kv: str(kv[0]).encode())
+            ),
+            refscan_needles=_list(data, "refscan_needles"),
+            **kwargs,
+        )
+    except OcibuildError as e:
+        raise InvalidRequest(f"{source}: {e.message}") from None
+
+
+def load_request(path: Path) -> BuildRequest:
+    """Read a request from a .yaml/.yml/.json file."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InvalidRequest(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        line = f":{where.line + 1}" if where is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InvalidRequest(f"{path}{line}: malformed file: {problem}") from None
+    return request_from_dict(data, source=str(path))
+
+
+def dump_request(request: BuildRequest, path: Path) -> None:
+    """Write a request as YAML (or JSON for a .json path)."""
+    data = request.to_dict()
+    if path.suffix == ".json":
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,44 @@
+"""Runtime: runs an OCI bundle. ``open_runtime`` picks the implementation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """How a container ended: exit ``code`` (128+N for signal N), or ``timed_out``."""
+
+    code: int
+    timed_out: bool = False
+    duration: float = 0.0
+
+
+class Runtime(Protocol):
+    """An OCI runtime able to run a bundle to completion."""
+
+    name: str
+
+    def unavailable_reason(self) -> str | None:
+        """None if builds can run; otherwise one line saying why not and what to install."""
+        ...
+
+    def run(
+        self, bundle: Path, container_id: str, *, log: Path, timeout: float | None
+    ) -> ExitStatus:
+        """Run the bundle's process; stdout and stderr are appended to ``log``; stdin /dev/null.
+
+        On timeout (or KeyboardInterrupt) the container is killed; in every case it is
+        deleted before returning. Raises RuntimeUnavailable when the runtime cannot start
+        containers at all (missing binary, kernel refuses namespaces).
+        """
+        ...
+
+
+def open_runtime(binary: str = "runc", *, state_dir: Path | None = None) -> Runtime:
+    """A runc-compatible runtime using ``binary`` (name on PATH or a path)."""
+    from pytest_ocibuild.build.runc import RuncRuntime
+
+    return RuncRuntime(binary, state_dir=state_dir)
