@@ -7,8 +7,8 @@ InvalidRequest with a one-line message naming the field.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
-import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +45,7 @@ def check_clean_absolute(path: str, what: str) -> str:
 
 
 def _check_sorted_unique(items: tuple[str, ...], what: str) -> None:
-    for a, b in zip(items, items[1:], strict=False):
+    for a, b in itertools.pairwise(items):
         if a == b:
             raise InvalidRequest(f"{what}: duplicate entry {a!r}")
         if a.encode() > b.encode():

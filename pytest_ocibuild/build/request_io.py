@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,28 @@ def bytes_in(value: Any, what: str) -> bytes:
     raise InvalidRequest(f"{what}: expected a string, got {type(value).__name__}")
 
 
-def node_from_dict(data: Any, what: str) -> Node:
-    """Inverse of ``node_to_dict``."""
+HostIngest = Callable[[Path], Node]
+
+
+def node_from_dict(
+    data: Any, what: str, *, ingest: HostIngest | None = None, base: Path | None = None
+) -> Node:
+    """Inverse of ``node_to_dict``.
+
+    With ``ingest``, ``{"path": P}`` ingests host path P (relative to ``base``).
+    """
+    if isinstance(data, Mapping) and set(data) == {"path"} and ingest is not None:
+        host = Path(str(data["path"]))
+        if base is not None and not host.is_absolute():
+            host = base / host
+        if not host.exists() and not host.is_symlink():
+            raise InvalidRequest(f"{what}: host path {host} does not exist")
+        return ingest(host)
     if not isinstance(data, Mapping) or "type" not in data:
-        raise InvalidRequest(f"{what}: a node is a mapping with 'type'")
+        raise InvalidRequest(f"{what}: a node is a mapping with 'type' (or 'path' to a host file)")
     kind = data["type"]
+    if kind not in ("file", "directory", "symlink"):
+        raise InvalidRequest(f"{what}: unknown node type {kind!r}")
     try:
         if kind == "symlink":
             return SymlinkNode(bytes_in(data.get("target"), f"{what}.target"))
@@ -78,7 +95,13 @@ def _mapping(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value
 
 
-def request_from_dict(data: Mapping[str, Any], *, source: str = "request") -> BuildRequest:
+def request_from_dict(
+    data: Mapping[str, Any],
+    *,
+    source: str = "request",
+    ingest: HostIngest | None = None,
+    base: Path | None = None,
+) -> BuildRequest:
     """Build a BuildRequest from the file format; errors are prefixed with ``source``."""
     try:
         if not isinstance(data, Mapping):
@@ -99,7 +122,7 @@ def request_from_dict(data: Mapping[str, Any], *, source: str = "request") -> Bu
         if "scratch_paths" in data:
             kwargs["scratch_paths"] = _list(data, "scratch_paths")
         return BuildRequest(
-            inputs={str(n): node_from_dict(v, f"inputs.{n}")
+            inputs={str(n): node_from_dict(v, f"inputs.{n}", ingest=ingest, base=base)
                     for n, v in _mapping(data, "inputs").items()},
             command_args=_list(data, "command_args"),
             outputs=_list(data, "outputs"),
@@ -125,8 +148,12 @@ def request_from_dict(data: Mapping[str, Any], *, source: str = "request") -> Bu
         raise InvalidRequest(f"{source}: {e.message}") from None
 
 
-def load_request(path: Path) -> BuildRequest:
-    """Read a request from a .yaml/.yml/.json file."""
+def load_request(path: Path, *, ingest: HostIngest | None = None) -> BuildRequest:
+    """Read a request from a .yaml/.yml/.json file.
+
+    With ``ingest``, inputs may be given as ``{path: P}``: P (relative to the file's directory)
+    is ingested into the store and replaced by its node.
+    """
     try:
         text = path.read_text()
     except OSError as e:
@@ -138,7 +165,7 @@ def load_request(path: Path) -> BuildRequest:
         line = f":{where.line + 1}" if where is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise InvalidRequest(f"{path}{line}: malformed file: {problem}") from None
-    return request_from_dict(data, source=str(path))
+    return request_from_dict(data, source=str(path), ingest=ingest, base=path.parent)
 
 
 def dump_request(request: BuildRequest, path: Path) -> None:

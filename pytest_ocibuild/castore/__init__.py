@@ -1,4 +1,4 @@
-"""Content-addressed store compatible with tvix-castore (blake3 blobs, proto-encoded directories)."""
+"""Content-addressed store compatible with tvix-castore (blake3 blobs, proto directories)."""
 
 from __future__ import annotations
 
