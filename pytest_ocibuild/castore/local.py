@@ -19,7 +19,6 @@ import contextlib
 import io
 import itertools
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,21 @@ from pytest_ocibuild.errors import StoreError
 
 _HEX = frozenset("0123456789abcdef")
 _STAGING_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+class _Identity:
+    """This process's staging-name prefix; renewed in a forked child."""
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        self.token = f"{os.getpid()}-{os.urandom(6).hex()}"
+        self.counter = itertools.count()  # next() is atomic under the GIL
+
+
+_identity = _Identity()
+os.register_at_fork(after_in_child=_identity.renew)
 
 
 class LocalStore:
@@ -41,56 +55,57 @@ class LocalStore:
     def __init__(self, root: Path | str, *, fsync: bool = True) -> None:
         self.root = Path(root)
         self.fsync = fsync
-        self._blobs = self.root / "blobs"
-        self._dirs = self.root / "directories"
-        self._tmp = self.root / "tmp"
-        for d in (self._blobs, self._dirs, self._tmp):
-            d.mkdir(parents=True, exist_ok=True)  # idempotent, tolerant of concurrent creators
-        self._pid = os.getpid()
-        self._token = f"{self._pid}-{os.urandom(6).hex()}"
-        self._counter = itertools.count()
-        self._made: set[Path] = set()
-        self._lock = threading.Lock()
+        for sub in ("blobs", "directories", "tmp"):
+            # idempotent and tolerant of concurrent creators (exist_ok at every level)
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        base = os.fspath(self.root)
+        self._blobs = os.path.join(base, "blobs")
+        self._dirs = os.path.join(base, "directories")
+        self._tmp = os.path.join(base, "tmp")
+        self._made: set[str] = set()
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
 
     # -- paths and staging -------------------------------------------------------------
 
-    def _blob_file(self, digest: Digest) -> Path:
-        h = digest.hex
-        return self._blobs / h[:2] / h
+    def _blob_file(self, digest: Digest) -> str:
+        h = digest.raw.hex()
+        return f"{self._blobs}/{h[:2]}/{h}"
 
-    def _dir_file(self, digest: Digest) -> Path:
-        h = digest.hex
-        return self._dirs / h[:2] / h
+    def _dir_file(self, digest: Digest) -> str:
+        h = digest.raw.hex()
+        return f"{self._dirs}/{h[:2]}/{h}"
 
     def _staging(self, kind: str) -> tuple[int, str]:
-        """Create a fresh staging file no other writer can share; return (fd, path)."""
-        if os.getpid() != self._pid:  # forked: take a new identity
-            self._pid = os.getpid()
-            self._token = f"{self._pid}-{os.urandom(6).hex()}"
+        """Create a fresh staging file no other writer can share; return (fd, path).
+
+        Names are ``<kind>.<pid>-<random>.<counter>`` (re-randomised after fork) and created
+        with O_EXCL, so two writers can never own the same staging file.
+        """
         while True:
-            with self._lock:
-                n = next(self._counter)
-            path = os.path.join(self._tmp, f"{kind}.{self._token}.{n}")
+            path = f"{self._tmp}/{kind}.{_identity.token}.{next(_identity.counter)}"
             try:
                 return os.open(path, _STAGING_FLAGS, 0o600), path
             except FileExistsError:  # pragma: no cover - only with a colliding random token
                 continue
+            except OSError as e:
+                raise StoreError(f"{path}: cannot create staging file: {e.strerror}") from e
 
-    def _install(self, staging: str, target: Path) -> None:
-        """Move a finished staging file to ``target``; an existing target means success."""
-        parent = target.parent
+    def _install(self, staging: str, target: str) -> None:
+        """Rename a finished staging file to ``target``.
+
+        If ``target`` already exists the rename atomically replaces it with identical bytes
+        (content addressing), so concurrent writers of one object all succeed.
+        """
+        parent = os.path.dirname(target)
         if parent not in self._made:
-            parent.mkdir(exist_ok=True)
+            os.makedirs(parent, exist_ok=True)
             self._made.add(parent)
-        if target.exists():
-            os.unlink(staging)
-            return
         os.rename(staging, target)
 
-    def _finish(self, fd: int, staging: str, mode: int) -> None:
+    def _finish(self, fd: int, mode: int) -> None:
+        """chmod, fsync (unless disabled) and close a staging file."""
         try:
             os.fchmod(fd, mode)
             if self.fsync:
@@ -101,7 +116,7 @@ class LocalStore:
     # -- blobs -------------------------------------------------------------------------
 
     def has_blob(self, digest: Digest) -> bool:
-        return self._blob_file(digest).exists()
+        return os.path.exists(self._blob_file(digest))
 
     def open_blob(self, digest: Digest) -> io.BufferedReader | None:
         """A buffered reader that verifies the blob's digest when it reaches EOF."""
@@ -121,7 +136,7 @@ class LocalStore:
         (one inode cannot carry two modes), created on demand race-free. Contents are not
         re-verified here.
         """
-        plain = self._blob_file(digest)
+        plain = Path(self._blob_file(digest))
         if not plain.exists():
             return None
         if not executable:
@@ -133,9 +148,9 @@ class LocalStore:
         try:
             with open(plain, "rb") as src:
                 _copy_fd(src.fileno(), fd)
-            self._finish(fd, staging, 0o555)
+            self._finish(fd, 0o555)
             fd = -1
-            self._install(staging, twin)
+            self._install(staging, str(twin))
         except BaseException:
             if fd >= 0:
                 os.close(fd)
@@ -151,7 +166,8 @@ class LocalStore:
 
     def get_directory(self, digest: Digest) -> Directory | None:
         try:
-            data = self._dir_file(digest).read_bytes()
+            with open(self._dir_file(digest), "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             return None
         actual = Digest.of(data)
@@ -169,12 +185,12 @@ class LocalStore:
         data = directory.encode()
         digest = Digest.of(data)
         target = self._dir_file(digest)
-        if target.exists():
+        if os.path.exists(target):
             return digest
         fd, staging = self._staging("dir")
         try:
-            os.write(fd, data)
-            self._finish(fd, staging, 0o444)
+            _write_all(fd, data)
+            self._finish(fd, 0o444)
             fd = -1
             self._install(staging, target)
         except BaseException:
@@ -206,9 +222,11 @@ class _LocalWriter:
         if self._done:
             raise ValueError("blob writer already finished")
         self._hash.update(chunk)
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        try:
+            _write_all(self._fd, chunk)
+        except OSError as e:
+            self.abort()
+            raise StoreError(f"{self._path}: cannot write blob: {e.strerror}") from e
 
     def commit(self) -> Digest:
         if self._done:
@@ -217,16 +235,18 @@ class _LocalWriter:
         digest = Digest(self._hash.digest())
         target = self._store._blob_file(digest)
         try:
-            if target.exists():  # already stored: skip the fsync
+            if os.path.exists(target):  # already stored: skip the fsync
                 os.close(self._fd)
                 self._fd = -1
                 os.unlink(self._path)
                 return digest
-            self._store._finish(self._fd, self._path, 0o444)
+            self._store._finish(self._fd, 0o444)
             self._fd = -1
             self._store._install(self._path, target)
-        except BaseException:
+        except BaseException as e:
             self._cleanup()
+            if isinstance(e, OSError):
+                raise StoreError(f"blob {digest.hex}: cannot store: {e.strerror}") from e
             raise
         return digest
 
@@ -283,6 +303,12 @@ class _VerifyingReader(io.RawIOBase):
         super().close()
 
 
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _copy_fd(src: int, dst: int) -> None:
     """Copy all of ``src`` to ``dst`` inside the kernel."""
     offset = 0
@@ -290,11 +316,11 @@ def _copy_fd(src: int, dst: int) -> None:
         offset += n
 
 
-def _iter_objects(base: Path) -> Iterator[Digest]:
+def _iter_objects(base: str) -> Iterator[Digest]:
     for sub in sorted(os.listdir(base)):
         if len(sub) != 2 or not set(sub) <= _HEX:
             continue
-        for name in os.listdir(base / sub):
+        for name in os.listdir(os.path.join(base, sub)):
             if len(name) == 64 and name.startswith(sub) and set(name) <= _HEX:
                 yield Digest.from_hex(name)
 

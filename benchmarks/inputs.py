@@ -1,0 +1,121 @@
+"""Compare the input providers (``fuse`` vs ``materialize``) on typical build inputs.
+
+Run from the repository root (as root, with /dev/fuse)::
+
+    .venv/bin/python benchmarks/inputs.py [--repeat 7]
+
+Profiles (in a LocalStore on the same filesystem as the inputs directory):
+
+* ``busybox``: a ~2 MB executable (/bin/busybox if present), ~100 applet symlinks to it and ~200
+  small files (0.1-8 KiB) in nested directories;
+* ``many-small``: ~2000 small files in 40 nested directories.
+
+For each provider and profile it times, as the median of ``--repeat`` runs: the context alone
+(setup + teardown), the context plus reading every file, and the context plus reading a few files
+(the executable and 4 small files: what a typical build touches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pytest_ocibuild.build.inputs import open_input_provider
+from pytest_ocibuild.castore.local import LocalStore
+from pytest_ocibuild.castore.nodes import Node
+from tests.build.trees import Exec, Link, Spec, put_tree
+
+
+def busybox_profile(rng: random.Random) -> tuple[Spec, list[str]]:
+    exe = Path("/bin/busybox")
+    data = exe.read_bytes() if exe.is_file() else rng.randbytes(2_000_000)
+    spec: dict[str, object] = {"bin/busybox": Exec(data)}
+    for i in range(100):
+        spec[f"bin/applet{i:03}"] = Link("busybox")
+    for i in range(200):
+        spec[f"share/d{i % 8}/s{i % 3}/f{i:03}.txt"] = rng.randbytes(rng.randint(100, 8192))
+    few = ["bin/busybox", "share/d0/s0/f000.txt", "share/d1/s1/f001.txt", "share/d2/s2/f002.txt"]
+    return spec, [*few, "share/d3/s0/f003.txt"]  # type: ignore[return-value]
+
+
+def many_small_profile(rng: random.Random) -> tuple[Spec, list[str]]:
+    spec: dict[str, object] = {}
+    for i in range(2000):
+        spec[f"pkg{i % 10}/lib{i % 4}/f{i:04}.py"] = rng.randbytes(rng.randint(100, 4096))
+    few = [k for k in list(spec)[:5]]
+    return spec, few  # type: ignore[return-value]
+
+
+def read_all(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                with open(p, "rb") as f:
+                    total += len(f.read())
+    return total
+
+
+def read_few(root: Path, paths: list[str]) -> int:
+    return sum(len((root / p).read_bytes()) for p in paths)
+
+
+def time_runs(run: Callable[[], object], repeat: int) -> float:
+    run()  # warm-up (page cache, imports)
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    rng = random.Random(42)
+    work = Path(tempfile.mkdtemp(prefix="ocibuild-bench-inputs-"))
+    store = LocalStore(work / "store", fsync=False)
+    at = work / "inputs"
+    at.mkdir()
+    providers = {name: open_input_provider(name) for name in ("fuse", "materialize")}
+    print(f"{'profile':<11} {'case':<16} {'fuse ms':>9} {'materialize ms':>15} {'fuse/mat':>9}")
+    for pname, make in (("busybox", busybox_profile), ("many-small", many_small_profile)):
+        spec, few = make(rng)
+        inputs: dict[str, Node] = {"pkg": put_tree(store, spec)}
+        pkg = at / "pkg"
+        cases: dict[str, Callable[[], object]] = {
+            "setup+teardown": lambda: None,
+            "+ read all": lambda pkg=pkg: read_all(pkg),
+            "+ read 5 files": lambda pkg=pkg, few=few: read_few(pkg, few),
+        }
+        for cname, body in cases.items():
+            times = {}
+            for prov_name, prov in providers.items():
+
+                def run(prov=prov, body=body, inputs=inputs) -> None:
+                    with prov.provide(store, inputs, at):
+                        body()
+
+                times[prov_name] = time_runs(run, args.repeat) * 1000
+            ratio = times["fuse"] / times["materialize"]
+            print(
+                f"{pname:<11} {cname:<16} {times['fuse']:>9.1f} "
+                f"{times['materialize']:>15.1f} {ratio:>9.2f}"
+            )
+    assert os.listdir(at) == []
+
+
+if __name__ == "__main__":
+    main()

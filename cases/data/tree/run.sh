@@ -1,0 +1,2 @@
+#!/inputs/busybox sh
+echo from a host script

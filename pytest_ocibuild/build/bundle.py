@@ -1,0 +1,255 @@
+"""OCI bundle directory for a BuildRequest (after tvix's ``oci/bundle.rs``).
+
+Layout of ``bundle_dir``::
+
+    config.json                  the spec (see spec.make_spec)
+    inputs/                      empty; the input provider serves the inputs here
+    root/                        read-only ``/``: etc/{passwd,group,hosts} + mount points
+    scratch/<scratch_name(p)>/   one writable directory per scratch path p
+
+Scratch directories (and additional files) belong to the host ids that the build user
+(uid 1000, gid 100 in the container) maps to, read from the spec's ``uidMappings`` /
+``gidMappings``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from pytest_ocibuild.build.ids import BUILD_GID, BUILD_UID
+from pytest_ocibuild.build.request import BuildRequest, is_path_prefix
+from pytest_ocibuild.castore.nodes import FileNode, SymlinkNode
+from pytest_ocibuild.errors import BundleError
+
+# What Nix writes into its sandbox (root and nixbld are uid 0 and 1000, group nixbld is 100).
+ETC_PASSWD = (
+    "root:x:0:0:Nix build user:/build:/noshell\n"
+    "nixbld:x:1000:100:Nix build user:/build:/noshell\n"
+    "nobody:x:65534:65534:Nobody:/:/noshell\n"
+)
+ETC_GROUP = "root:x:0:\nnixbld:!:100:\nnogroup:x:65534:\n"
+ETC_HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
+
+
+def scratch_name(path: str) -> str:
+    """Directory name under ``scratch/`` for scratch path ``path``: base32 of blake3(path)."""
+    return base64.b32encode(blake3.blake3(path.encode()).digest()).decode()
+
+
+def find_path_in_scratch(path: str, scratch_paths: Sequence[str]) -> tuple[str, str] | None:
+    """``(scratch_path, relative_rest)`` for the longest scratch path containing ``path``.
+
+    Only whole components match (``nix/sto`` does not contain ``nix/store/x``). ``path``
+    equal to a scratch path gives an empty rest. None if no scratch path contains it.
+    """
+    best: str | None = None
+    for s in scratch_paths:
+        if is_path_prefix(s, path) and (best is None or len(s) > len(best)):
+            best = s
+    if best is None:
+        return None
+    return best, path[len(best) + 1 :]
+
+
+@dataclass(frozen=True, slots=True)
+class BundleLayout:
+    """Host paths of a bundle made by ``make_bundle``."""
+
+    bundle_dir: Path
+    request: BuildRequest = field(repr=False)
+
+    @property
+    def config_path(self) -> Path:
+        return self.bundle_dir / "config.json"
+
+    @property
+    def inputs_dir(self) -> Path:
+        """Where inputs must be provided (mounted at ``/<inputs_dir>`` in the container)."""
+        return self.bundle_dir / "inputs"
+
+    @property
+    def root_dir(self) -> Path:
+        return self.bundle_dir / "root"
+
+    @property
+    def scratch_dirs(self) -> dict[str, Path]:
+        """Scratch path -> host directory."""
+        return {p: self.scratch_dir(p) for p in self.request.scratch_paths}
+
+    def scratch_dir(self, scratch_path: str) -> Path:
+        return self.bundle_dir / "scratch" / scratch_name(scratch_path)
+
+    def host_path(self, path: str) -> Path:
+        """Host path of container path ``/<path>`` inside a scratch path (BundleError if not)."""
+        found = find_path_in_scratch(path, self.request.scratch_paths)
+        if found is None:
+            raise BundleError(f"{path!r} is not inside any scratch path")
+        scratch, rest = found
+        base = self.scratch_dir(scratch)
+        return base / rest if rest else base
+
+    def output_host_path(self, output: str) -> Path:
+        """Where output ``output`` (an element of ``request.outputs``) appears on the host."""
+        return self.host_path(output)
+
+
+def make_bundle(request: BuildRequest, spec: dict[str, Any], bundle_dir: Path) -> BundleLayout:
+    """Write ``spec`` and the directory skeleton for ``request`` into ``bundle_dir``.
+
+    ``bundle_dir`` may exist but must not hold a bundle already. Raises BundleError.
+    """
+    layout = BundleLayout(Path(bundle_dir), request)
+    try:
+        _make(layout, spec)
+    except OSError as e:
+        raise BundleError(f"cannot create bundle in {bundle_dir}: {e}") from e
+    return layout
+
+
+def _make(layout: BundleLayout, spec: dict[str, Any]) -> None:
+    request = layout.request
+    layout.bundle_dir.mkdir(parents=True, exist_ok=True)
+    if layout.config_path.exists():
+        raise BundleError(f"{layout.bundle_dir} already holds a bundle")
+    owner = (_host_id(spec, "uidMappings", BUILD_UID), _host_id(spec, "gidMappings", BUILD_GID))
+    layout.inputs_dir.mkdir()
+    etc = layout.root_dir / "etc"
+    etc.mkdir(parents=True)
+    for name, text in (("passwd", ETC_PASSWD), ("group", ETC_GROUP), ("hosts", ETC_HOSTS)):
+        (etc / name).write_text(text)
+    (layout.bundle_dir / "scratch").mkdir()
+    for p in request.scratch_paths:
+        d = layout.scratch_dir(p)
+        d.mkdir()
+        _chown(d, owner, 0o755)
+    _make_mount_points(layout, spec.get("mounts", []))
+    for f in request.additional_files:
+        _write_additional(layout, f.path, f.contents, owner)
+    # Last, so that a half-made bundle is never mistaken for a finished one.
+    layout.config_path.write_text(json.dumps(spec, indent=2) + "\n")
+
+
+def _host_id(spec: dict[str, Any], key: str, container_id: int) -> int:
+    maps = spec.get("linux", {}).get(key)
+    if not maps:  # no user namespace: ids are the host's
+        return container_id
+    for m in maps:
+        if m["containerID"] <= container_id < m["containerID"] + m["size"]:
+            return int(m["hostID"]) + container_id - int(m["containerID"])
+    raise BundleError(f"linux.{key} does not map container id {container_id}")
+
+
+def _chown(path: Path, owner: tuple[int, int], mode: int) -> None:
+    """Give ``path`` to the build user; an unprivileged caller falls back to world-writable."""
+    try:
+        os.lchown(path, *owner)
+    except PermissionError:
+        if not path.is_symlink():
+            os.chmod(path, mode | 0o777 if path.is_dir() else mode | 0o666)
+        return
+    if not path.is_symlink():
+        os.chmod(path, mode)
+
+
+def _write_additional(
+    layout: BundleLayout, path: str, contents: bytes, owner: tuple[int, int]
+) -> None:
+    found = find_path_in_scratch(path, layout.request.scratch_paths)
+    if found is None or not found[1]:
+        raise BundleError(f"additional_files: {path!r} is not inside a scratch path")
+    base = layout.scratch_dir(found[0])
+    target = base / found[1]
+    for parent in reversed(target.relative_to(base).parents[:-1]):
+        d = base / parent
+        if not d.exists():
+            d.mkdir()
+            _chown(d, owner, 0o755)
+    target.write_bytes(contents)
+    _chown(target, owner, 0o644)
+
+
+def _make_mount_points(layout: BundleLayout, mounts: list[dict[str, Any]]) -> None:
+    """Create each mount's destination in whatever lies below it: root/ or a scratch dir.
+
+    Mount points on top of other mounts without a host directory (tmpfs, host binds) are
+    left to runc. Per-name symlink inputs are not mounted (a bind mount would follow them on
+    the host): the symlink itself is created in the scratch directory below.
+    """
+    backing: list[tuple[str, Path | None]] = [("/", layout.root_dir)]
+    scratch_by_dest = {"/" + p: layout.scratch_dir(p) for p in layout.request.scratch_paths}
+    for m in mounts:
+        dest = m["destination"]
+        under = [b for b in backing if b[0] == "/" or is_path_prefix(b[0], dest)][-1]
+        base = under[1]
+        is_file = _is_file_source(layout, m)
+        if base is not None and dest != under[0]:
+            point = _ensure(base, dest[len(under[0]) :].lstrip("/"), is_file)
+            if m.get("type") == "tmpfs":
+                _apply_tmpfs_mode(point, m.get("options", []))
+        backing.append((dest, scratch_by_dest.get(dest) if m.get("source", "").startswith(
+            "scratch/") else None))
+    _symlink_inputs(layout, backing)
+
+
+def _symlink_inputs(layout: BundleLayout, backing: list[tuple[str, Path | None]]) -> None:
+    request = layout.request
+    for name, node in request.inputs.items():
+        if not isinstance(node, SymlinkNode):
+            continue
+        dest = f"/{request.inputs_dir}/{name}"
+        if any(d == dest for d, _ in backing):
+            continue  # bound (whole inputs dir case never lists names)
+        found = find_path_in_scratch(dest[1:], request.scratch_paths)
+        if found is None:
+            continue
+        link = layout.scratch_dir(found[0]) / found[1]
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.fsdecode(node.target), link)
+
+
+def _is_file_source(layout: BundleLayout, mount: dict[str, Any]) -> bool:
+    src = mount.get("source", "")
+    if mount.get("type") not in ("none", "bind") or "bind" not in " ".join(
+        mount.get("options", [])
+    ):
+        return False
+    if src.startswith("inputs/"):
+        return isinstance(layout.request.inputs.get(src[len("inputs/") :]), FileNode)
+    if src.startswith("/"):
+        if not os.path.exists(src):
+            raise BundleError(f"mount source {src} (for {mount['destination']}) does not exist")
+        return not os.path.isdir(src)
+    return False
+
+
+def _apply_tmpfs_mode(point: Path, options: list[str]) -> None:
+    """runc gives a tmpfs the mode of its mount point, overriding ``mode=``: set it there."""
+    for opt in options:
+        if opt.startswith("mode="):
+            os.chmod(point, int(opt[len("mode=") :], 8))
+
+
+def _ensure(base: Path, rel: str, is_file: bool) -> Path:
+    """Create ``base/rel`` (a directory, or an empty file) without following symlinks out."""
+    parts = rel.split("/")
+    cur = base
+    for i, part in enumerate(parts):
+        cur = cur / part
+        last = i == len(parts) - 1
+        if cur.is_symlink():
+            raise BundleError(f"mount point {cur} is a symlink")
+        if cur.exists():
+            continue
+        if last and is_file:
+            cur.touch()
+        else:
+            cur.mkdir()
+    return cur

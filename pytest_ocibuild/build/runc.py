@@ -1,0 +1,215 @@
+"""RuncRuntime: runs a bundle with ``runc run`` and always cleans the container up."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from pytest_ocibuild.build.runtime import ExitStatus
+from pytest_ocibuild.errors import BundleError, RuntimeUnavailable
+
+INSTALL_HINT = "apt-get install runc"
+USERNS_LIMIT = "/proc/sys/user/max_user_namespaces"
+KILL_GRACE = 10.0  # seconds to wait for runc to exit after `runc kill`
+# Messages of runc's own (not the build's) failures that mean "cannot run containers here".
+_UNAVAILABLE_MARKERS = (
+    "operation not permitted", "permission denied", "newuidmap", "newgidmap",
+    "user namespaces", "unshare",
+)
+# runc reports a build command it cannot exec as its own error; that is the build's failure.
+_EXEC_FAILURE = "unable to start container process: exec:"
+
+
+def default_state_dir() -> Path:
+    """``/run/ocibuild-<uid>/runc`` (tmpfs), else ``$TMPDIR/ocibuild-<uid>/runc``.
+
+    Shared by all processes of one user (runc locks per container); container ids must be
+    unique, e.g. prefixed with the xdist worker id, and ``purge`` prefixes likewise.
+    """
+    uid = os.geteuid()
+    for base in ("/run", os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir()):
+        if base and os.access(base, os.W_OK | os.X_OK):
+            return Path(base) / f"ocibuild-{uid}" / "runc"
+    return Path(tempfile.gettempdir()) / f"ocibuild-{uid}" / "runc"
+
+
+class RuncRuntime:
+    """The ``runc`` CLI with a private ``--root`` state directory."""
+
+    name = "runc"
+
+    def __init__(self, binary: str = "runc", *, state_dir: Path | None = None) -> None:
+        self.binary = binary
+        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+
+    def __repr__(self) -> str:
+        return f"RuncRuntime({self.binary!r}, state_dir={str(self.state_dir)!r})"
+
+    def _path(self) -> str | None:
+        return shutil.which(self.binary)
+
+    def unavailable_reason(self) -> str | None:
+        """None if runc is usable; otherwise one line naming what is missing."""
+        path = self._path()
+        if path is None:
+            return f"OCI runtime {self.binary!r} not found on PATH (install it: {INSTALL_HINT})"
+        try:
+            out = subprocess.run([path, "--version"], capture_output=True, timeout=30,
+                                 stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"OCI runtime {path} does not run: {e}"
+        if out.returncode != 0:
+            return f"OCI runtime {path} --version failed: {_first_line(out.stderr)}"
+        if _read_int(USERNS_LIMIT) == 0:
+            return f"user namespaces are disabled ({USERNS_LIMIT} is 0)"
+        try:
+            self._ensure_state_dir()
+        except RuntimeUnavailable as e:
+            return e.message
+        return None
+
+    def run(
+        self, bundle: Path, container_id: str, *, log: Path, timeout: float | None
+    ) -> ExitStatus:
+        """``runc run`` the bundle; output appended to ``log``; the container is always deleted.
+
+        runc pumps the build's stdout and stderr through two pipes of its own, so lines of
+        the two streams may interleave in the log out of order.
+
+        A build's non-zero exit (or a command runc cannot exec: code 127) is an ExitStatus;
+        runc failing to create the container raises RuntimeUnavailable (kernel/permission
+        problems) or BundleError (anything else, e.g. a bad mount), with runc's message.
+        """
+        path = self._path()
+        if path is None:
+            raise RuntimeUnavailable(self.unavailable_reason() or "runc missing")
+        state = self._ensure_state_dir()
+        if (state / container_id).exists():
+            # Never run (and then delete) over someone else's container.
+            raise BundleError(f"container id {container_id!r} is already in use in {state}")
+        runc_log = state / f"{container_id}.runc-log.json"
+        runc_log.unlink(missing_ok=True)
+        cmd = [path, "--root", str(state), "--log", str(runc_log), "--log-format", "json",
+               "run", "--bundle", str(bundle), container_id]
+        timed_out = False
+        start = time.monotonic()
+        try:
+            with open(log, "ab") as out, open(os.devnull, "rb") as devnull:
+                try:
+                    proc = subprocess.Popen(cmd, stdin=devnull, stdout=out, stderr=out,
+                                            start_new_session=True)
+                except OSError as e:
+                    raise RuntimeUnavailable(f"cannot execute {path}: {e.strerror}") from None
+                try:
+                    code = proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    code = self._stop(proc, container_id)
+                except BaseException:
+                    self._stop(proc, container_id)
+                    raise
+            duration = time.monotonic() - start
+            if code != 0 and not timed_out:
+                code = self._check_runc_error(runc_log, code)
+            return ExitStatus(code=code, timed_out=timed_out, duration=duration)
+        finally:
+            self._delete(container_id)
+            runc_log.unlink(missing_ok=True)
+
+    def purge(self, prefix: str) -> list[str]:
+        """Kill and delete every container in the state dir whose id starts with ``prefix``."""
+        gone = []
+        for cid in self.list():
+            if cid.startswith(prefix):
+                self._runc("kill", cid, "KILL")
+                self._delete(cid)
+                gone.append(cid)
+        return gone
+
+    def list(self) -> list[str]:
+        """Ids of the containers runc knows in this state dir."""
+        if not self.state_dir.is_dir() or self._path() is None:
+            return []
+        out = self._runc("list", "--format", "json")
+        if out.returncode != 0:
+            raise RuntimeUnavailable(f"runc list failed: {_first_line(out.stderr)}")
+        return [c["id"] for c in json.loads(out.stdout or b"null") or []]
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _ensure_state_dir(self) -> Path:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise RuntimeUnavailable(f"cannot create runc state dir {self.state_dir}: {e}") from e
+        return self.state_dir
+
+    def _runc(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [self._path() or self.binary, "--root", str(self.state_dir), *args],
+            capture_output=True, stdin=subprocess.DEVNULL, timeout=60,
+        )
+
+    def _stop(self, proc: subprocess.Popen[bytes], container_id: str) -> int:
+        """SIGKILL the container (retrying while runc is still creating it); reap runc."""
+        deadline = time.monotonic() + KILL_GRACE
+        while proc.poll() is None and time.monotonic() < deadline:
+            self._runc("kill", container_id, "KILL")
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
+        if proc.poll() is None:
+            proc.kill()
+        return proc.wait()
+
+    def _delete(self, container_id: str) -> None:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            self._runc("delete", "--force", container_id)
+
+    def _check_runc_error(self, runc_log: Path, code: int) -> int:
+        """Turn runc's own failure (if that is what ``code`` is) into an exception or 127."""
+        errors = _runc_errors(runc_log)
+        if not errors:
+            return code
+        msg = errors[-1]  # runc also printed it to stderr, i.e. into the build log
+        if _EXEC_FAILURE in msg:
+            return 127
+        if any(m in msg.lower() for m in _UNAVAILABLE_MARKERS):
+            raise RuntimeUnavailable(f"runc cannot create the container: {msg}")
+        raise BundleError(f"runc rejected the bundle: {msg}")
+
+
+def _runc_errors(runc_log: Path) -> list[str]:
+    """Messages of error/fatal entries in runc's JSON log."""
+    try:
+        lines = runc_log.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    msgs = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+            msgs.append(" ".join(str(entry.get("msg", "")).split()))
+    return msgs
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _first_line(data: bytes) -> str:
+    text = data.decode(errors="replace").strip()
+    return text.splitlines()[0] if text else "(no output)"

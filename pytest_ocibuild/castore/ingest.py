@@ -1,0 +1,267 @@
+"""Move trees between the filesystem and a castore: ``ingest_path``, ``export``, ``walk``.
+
+Ingestion follows tvix-castore's ``import::fs``: symlinks are never followed (a symlink at the
+root is ingested as a symlink), a file is executable iff its owner-execute bit (0o100) is set,
+as in Nix's ``dump()``, and only regular files, directories and symlinks are accepted. File
+contents are streamed in 1 MiB chunks (constant memory); directories are stored bottom-up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from pytest_ocibuild.castore.digest import Digest
+from pytest_ocibuild.castore.nodes import Directory, DirectoryNode, FileNode, Node, SymlinkNode
+from pytest_ocibuild.castore.store import Store
+from pytest_ocibuild.errors import NotFound, StoreError
+
+CHUNK = 1 << 20
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+TreeEntry = tuple[str] | tuple[str, str] | tuple[str, str, int, bool]
+
+
+def ingest_path(store: Store, path: Path | str, *, workers: int | None = None) -> Node:
+    """Store the file, directory or symlink at ``path`` and return its root node.
+
+    Files are read, hashed and written by ``workers`` threads (default: 4 per CPU, at most
+    16; ``1`` ingests inline) while the walk continues; at most a few files per worker are in
+    flight, so memory stays constant however large the tree.
+    """
+    p = os.fsencode(path)
+    try:
+        st = os.lstat(p)
+    except OSError as e:
+        raise StoreError(f"{os.fsdecode(p)}: cannot ingest: {e.strerror}") from e
+    if not stat.S_ISDIR(st.st_mode):
+        return _ingest_leaf(store, p, st.st_mode)
+    if workers is None:
+        workers = min(16, 4 * (os.cpu_count() or 1))
+    if workers <= 1:
+        return _Walk(store, None).run(p)
+    with ThreadPoolExecutor(workers, thread_name_prefix="ingest") as pool:
+        try:
+            return _Walk(store, pool, 4 * workers).run(p)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+class _Slot:
+    """Placeholder for a subdirectory's node until that directory has been stored."""
+
+    __slots__ = ("node",)
+
+    def __init__(self) -> None:
+        self.node: DirectoryNode | None = None
+
+
+_Entry = Node | Future[Node] | _Slot
+
+
+class _Walk:
+    """Post-order walk with an explicit stack (no recursion limit on deep trees).
+
+    Regular files go to the pool; a finished listing waits in ``pending`` (FIFO, so children
+    are always stored before their parents) until its files are done.
+    """
+
+    def __init__(self, store: Store, pool: ThreadPoolExecutor | None, limit: int = 0) -> None:
+        self.store = store
+        self.pool = pool
+        self.limit = limit
+        self.inflight: deque[Future[Node]] = deque()
+        self.pending: deque[tuple[dict[bytes, _Entry], _Slot]] = deque()
+
+    def run(self, top: bytes) -> DirectoryNode:
+        root = _Slot()
+        stack: list[tuple[list[os.DirEntry[bytes]], dict[bytes, _Entry], _Slot]] = []
+        stack.append((_scan(top), {}, root))
+        while stack:
+            pending, entries, slot = stack[-1]
+            if not pending:
+                stack.pop()
+                self.pending.append((entries, slot))
+                self._drain(block=False)
+                continue
+            entry = pending.pop()
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                mode = 0 if is_dir else entry.stat(follow_symlinks=False).st_mode
+            except OSError as e:
+                raise StoreError(f"{os.fsdecode(entry.path)}: cannot ingest: {e.strerror}") from e
+            if is_dir:
+                child = _Slot()
+                entries[entry.name] = child
+                stack.append((_scan(entry.path), {}, child))
+            elif self.pool is None or not stat.S_ISREG(mode):
+                entries[entry.name] = _ingest_leaf(self.store, entry.path, mode)
+            else:
+                future = self.pool.submit(_ingest_leaf, self.store, entry.path, mode)
+                entries[entry.name] = future
+                self.inflight.append(future)
+                while len(self.inflight) > self.limit:
+                    self.inflight.popleft().result()  # backpressure; raises early
+        self._drain(block=True)
+        assert root.node is not None
+        return root.node
+
+    def _drain(self, *, block: bool) -> None:
+        """Store finished listings from the front of ``pending``."""
+        while self.pending:
+            entries, slot = self.pending[0]
+            if not block and any(isinstance(v, Future) and not v.done() for v in entries.values()):
+                return
+            self.pending.popleft()
+            nodes: dict[bytes, Node] = {}
+            for name, value in entries.items():
+                if isinstance(value, Future):
+                    nodes[name] = value.result()
+                elif isinstance(value, _Slot):
+                    assert value.node is not None
+                    nodes[name] = value.node
+                else:
+                    nodes[name] = value
+            directory = Directory(nodes)
+            slot.node = DirectoryNode(self.store.put_directory(directory), directory.size)
+
+
+def _scan(path: bytes) -> list[os.DirEntry[bytes]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except OSError as e:
+        raise StoreError(f"{os.fsdecode(path)}: cannot list directory: {e.strerror}") from e
+
+
+_buffers = threading.local()
+
+
+def _ingest_leaf(store: Store, path: bytes, mode: int) -> Node:
+    if stat.S_ISLNK(mode):
+        try:
+            return SymlinkNode(os.readlink(path))
+        except ValueError as e:
+            raise StoreError(f"{os.fsdecode(path)}: cannot ingest symlink: {e}") from e
+    if not stat.S_ISREG(mode):
+        raise _unsupported(path, mode)
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as e:
+        raise StoreError(f"{os.fsdecode(path)}: cannot read: {e.strerror}") from e
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = bytearray(CHUNK)  # one per thread, reused
+    with open(fd, "rb", buffering=0, closefd=True) as f:
+        st = os.fstat(fd)  # re-check on the open file: it may have been swapped since lstat
+        if not stat.S_ISREG(st.st_mode):
+            raise _unsupported(path, st.st_mode)
+        view = memoryview(buf)
+        size = 0
+        with store.blob_writer() as w:
+            while n := f.readinto(buf):
+                w.write(view[:n])
+                size += n
+            digest = w.commit()
+    return FileNode(digest, size, bool(st.st_mode & stat.S_IXUSR))
+
+
+def _unsupported(path: bytes, mode: int) -> StoreError:
+    kind = (
+        "a fifo" if stat.S_ISFIFO(mode)
+        else "a socket" if stat.S_ISSOCK(mode)
+        else "a character device" if stat.S_ISCHR(mode)
+        else "a block device" if stat.S_ISBLK(mode)
+        else f"of unknown type {stat.S_IFMT(mode):o}"
+    )
+    return StoreError(
+        f"{os.fsdecode(path)}: is {kind}, only files, directories and symlinks can be ingested",
+        reason="unsupported-file-type",
+    )
+
+
+def walk(store: Store, node: Node, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
+    """Yield ``(path, node)`` for ``node`` and everything below it, in NAR order.
+
+    Pre-order, children sorted bytewise by name. The root's path is ``prefix``; a child's is
+    ``prefix/name`` (just ``name`` when ``prefix`` is empty). Missing directories raise NotFound.
+    """
+    stack: list[tuple[bytes, Node]] = [(prefix, node)]
+    while stack:
+        path, current = stack.pop()
+        yield path, current
+        if isinstance(current, DirectoryNode):
+            directory = get_directory(store, current.digest)
+            base = path + b"/" if path else b""
+            stack.extend((base + name, child) for name, child in reversed(list(directory)))
+
+
+def get_directory(store: Store, digest: Digest) -> Directory:
+    """The directory ``digest``; NotFound if absent."""
+    directory = store.get_directory(digest)
+    if directory is None:
+        raise NotFound(f"directory {digest.hex} is not in the store")
+    return directory
+
+
+def tree_dict(store: Store, node: Node) -> dict[str, TreeEntry]:
+    """A plain description of a tree, keyed by relative path (``""`` is the root).
+
+    Values: ``("file", digest_hex, size, executable)``, ``("dir",)`` or ``("symlink", target)``;
+    paths and targets are decoded with ``os.fsdecode``.
+    """
+    out: dict[str, TreeEntry] = {}
+    for path, n in walk(store, node):
+        if isinstance(n, FileNode):
+            out[os.fsdecode(path)] = ("file", n.digest.hex, n.size, n.executable)
+        elif isinstance(n, DirectoryNode):
+            out[os.fsdecode(path)] = ("dir",)
+        else:
+            out[os.fsdecode(path)] = ("symlink", os.fsdecode(n.target))
+    return out
+
+
+def export(store: Store, node: Node, dest: Path | str) -> None:
+    """Write the tree ``node`` to ``dest``, which must not exist yet.
+
+    Files are 0644 (0755 if executable) and directories 0755, so users can modify and delete
+    the result; blobs are verified as they are copied. On failure nothing is left at ``dest``.
+    """
+    root = os.fsencode(dest)
+    if os.path.lexists(root):
+        raise StoreError(f"{os.fsdecode(root)}: already exists, refusing to overwrite",
+                         reason="exists")
+    os.makedirs(os.path.dirname(root) or b".", exist_ok=True)
+    try:
+        for rel, n in walk(store, node):
+            target = root + b"/" + rel if rel else root
+            if isinstance(n, DirectoryNode):
+                os.mkdir(target)
+                os.chmod(target, 0o755)
+            elif isinstance(n, SymlinkNode):
+                os.symlink(n.target, target)
+            else:
+                _export_file(store, n, target)
+    except BaseException:
+        if os.path.isdir(root) and not os.path.islink(root):
+            shutil.rmtree(root, ignore_errors=True)
+        elif os.path.lexists(root):
+            os.unlink(root)
+        raise
+
+
+def _export_file(store: Store, node: FileNode, target: bytes) -> None:
+    mode = 0o755 if node.executable else 0o644
+    src = store.open_blob(node.digest)
+    if src is None:
+        raise NotFound(f"blob {node.digest.hex} ({os.fsdecode(target)}) is not in the store")
+    with src, open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as out:
+        os.fchmod(out.fileno(), mode)  # not subject to the umask
+        shutil.copyfileobj(src, out, CHUNK)

@@ -1,0 +1,1 @@
+"""The pytest plugin: options, YAML build cases, fixtures and spec goldens."""

@@ -1,0 +1,57 @@
+"""Fixtures for downstream tests: ``castore``, ``bundle_root`` and ``ocibuild_sandbox``.
+
+Heavy modules (executor, runc) are imported when a fixture is first used, not when pytest
+loads the plugin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_ocibuild.plugin.runner import get_runner
+
+if TYPE_CHECKING:
+    from pytest_ocibuild.castore.store import Store
+    from pytest_ocibuild.plugin.sandbox import Sandbox
+
+
+@pytest.fixture(scope="session")
+def castore(pytestconfig: pytest.Config) -> Store:
+    """The session's content-addressed store, one directory shared by every xdist worker.
+
+    Writes are atomic and content-addressed, so workers may put the same objects at once.
+    Its location is ``--ocibuild-store`` / ``ocibuild_store``, by default under basetemp.
+    """
+    return get_runner(pytestconfig).store()
+
+
+@pytest.fixture
+def bundle_root(tmp_path: Path) -> Path:
+    """A fresh directory for this test's OCI bundles, runc state and build logs."""
+    path = tmp_path / "ocibuild"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def ocibuild_sandbox(
+    request: pytest.FixtureRequest, castore: Store, bundle_root: Path
+) -> Sandbox:
+    """Build requests in ephemeral runc containers over ``castore``.
+
+    ``@pytest.mark.ocibuild(timeout=..., inputs=...)`` on a test overrides the session's
+    per-build timeout and input provider for it. See ``Sandbox`` and ``BuildResult``.
+    """
+    from pytest_ocibuild.plugin.sandbox import Sandbox
+
+    marker = request.node.get_closest_marker("ocibuild")
+    overrides = dict(marker.kwargs) if marker else {}
+    unknown = set(overrides) - {"timeout", "inputs"}
+    if unknown:
+        pytest.fail(f"@pytest.mark.ocibuild: unknown argument(s) {sorted(unknown)} "
+                    "(expected timeout, inputs)", pytrace=False)
+    executor = get_runner(request.config).new_executor(bundle_root / "bundles", **overrides)
+    return Sandbox(executor, log_dir=bundle_root / "logs")

@@ -1,0 +1,287 @@
+"""Per-process plugin state (kept in ``config.stash``): the shared store, executors, built cases.
+
+Under xdist every worker has its own Runner; they share only the store directory, which the
+controller chooses and sends in ``workerinput`` (a plain string). Each worker keeps its own
+bundles, runc state and logs, and its own cache of built cases: a case another case depends on
+may be built once per worker, which is harmless because identical requests give identical
+outputs.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_ocibuild.errors import CaseError, OcibuildError
+from pytest_ocibuild.plugin.settings import Settings
+
+if TYPE_CHECKING:
+    from pytest_ocibuild.build.executor import Executor
+    from pytest_ocibuild.build.request import Build, BuildRequest
+    from pytest_ocibuild.castore.nodes import Node
+    from pytest_ocibuild.castore.store import Store
+    from pytest_ocibuild.plugin.case import BadCase, Case, CaseInput
+
+WORKER_STORE_KEY = "ocibuild_store"  # workerinput key holding the store directory
+
+
+class Runner:
+    """Lazily opens the store and the case executor; builds cases at most once per process."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._store_dir: Path | None = None
+        self._work_dir: Path | None = None
+        self._store: Store | None = None
+        self._executors: dict[str, Executor] = {}
+        self._files: dict[Path, list[Case | BadCase]] = {}
+        self._hosts: dict[Path, Node] = {}
+        self._built: dict[tuple[Path, str], Build | OcibuildError] = {}
+        self._building: set[tuple[Path, str]] = set()
+
+    # ---- locations ----------------------------------------------------------------------
+
+    @property
+    def worker_id(self) -> str | None:
+        """The xdist worker id (``gw0``...), or None in the controller / without xdist."""
+        workerinput = getattr(self.config, "workerinput", None)
+        return None if workerinput is None else str(workerinput.get("workerid"))
+
+    @property
+    def store_dir(self) -> Path:
+        """The castore directory every process of this run shares."""
+        with self._lock:
+            if self._store_dir is None:
+                workerinput = getattr(self.config, "workerinput", {})
+                if self.settings.store:
+                    self._store_dir = Path(self.settings.store)
+                elif WORKER_STORE_KEY in workerinput:
+                    self._store_dir = Path(workerinput[WORKER_STORE_KEY])
+                else:
+                    self._store_dir = self._tmp_factory().getbasetemp() / "ocibuild-store"
+                self._store_dir.mkdir(parents=True, exist_ok=True)
+            return self._store_dir
+
+    @property
+    def work_dir(self) -> Path:
+        """This process's own directory for bundles, runc state and build logs."""
+        with self._lock:
+            if self._work_dir is None:
+                self._work_dir = self._tmp_factory().mktemp("ocibuild")
+            return self._work_dir
+
+    def _tmp_factory(self) -> pytest.TempPathFactory:
+        # pytest keeps the factory on the config (xdist reads it the same way); it honours
+        # --basetemp and removes old runs' directories.
+        return self.config._tmp_path_factory  # type: ignore[attr-defined,no-any-return]
+
+    # ---- store and executors ------------------------------------------------------------
+
+    def store(self) -> Store:
+        """The shared castore."""
+        with self._lock:
+            if self._store is None:
+                from pytest_ocibuild.castore.store import open_store
+
+                self._store = open_store(self.store_dir)
+            return self._store
+
+    def new_executor(self, bundle_root: Path, **overrides: Any) -> Executor:
+        """An executor over the shared store with the session settings (plus ``overrides``)."""
+        from pytest_ocibuild.build.executor import open_executor
+
+        kwargs: dict[str, Any] = {
+            "runtime": self.settings.runtime, "inputs": self.settings.inputs,
+            "keep_bundles": self.settings.keep_bundles, "timeout": self.settings.timeout,
+        }
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return open_executor(store=self.store_dir, bundle_root=bundle_root, **kwargs)
+
+    def executor(self, provider: str | None = None) -> Executor:
+        """The executor YAML cases run on (one per process and input provider)."""
+        provider = provider or self.settings.inputs
+        with self._lock:
+            if provider not in self._executors:
+                self._executors[provider] = self.new_executor(
+                    self.work_dir / f"bundles-{provider}", inputs=provider)
+            return self._executors[provider]
+
+    def golden_spec(self, request: BuildRequest) -> dict[str, Any]:
+        """The config.json a case build uses, with canonical ids (no host uids) for goldens."""
+        from pytest_ocibuild.build.executor import Executor
+        from pytest_ocibuild.build.ids import IdMaps
+
+        ex = self.executor()
+        canonical = Executor(ex.store, inputs=ex.inputs, runtime=ex.runtime,
+                             bundle_root=ex.bundle_root, id_maps=IdMaps.canonical())
+        return canonical.spec(request)
+
+    # ---- cases --------------------------------------------------------------------------
+
+    def case_file(self, path: Path) -> list[Case | BadCase]:
+        """The cases of a YAML file (parsed once per process); CaseError if the file is bad."""
+        from pytest_ocibuild.plugin.case import load_case_file
+
+        path = path.resolve()
+        with self._lock:
+            if path not in self._files:
+                self._files[path] = load_case_file(path)
+            return self._files[path]
+
+    def request_for(self, case: Case) -> BuildRequest:
+        """The case's BuildRequest, its inputs in the store (other cases built as needed)."""
+        from pytest_ocibuild.build.request_io import request_from_dict
+        from pytest_ocibuild.castore.ingest import ingest_path
+        from pytest_ocibuild.plugin.case import CaseInput, HostInput
+        from pytest_ocibuild.plugin.trees import put_tree
+
+        nodes: dict[str, Node] = {}
+        for name, spec in case.inputs.items():
+            if isinstance(spec, HostInput):
+                with self._lock:
+                    if spec.path not in self._hosts:
+                        if not spec.path.exists() and not spec.path.is_symlink():
+                            raise CaseError(f"{case.path}:{case.line}: case {case.name!r}: "
+                                            f"input {name!r}: {spec.path} does not exist")
+                        self._hosts[spec.path] = ingest_path(self.store(), spec.path)
+                    nodes[name] = self._hosts[spec.path]
+            elif isinstance(spec, CaseInput):
+                nodes[name] = self._case_output(case, name, spec)
+            else:
+                nodes[name] = put_tree(self.store(), spec.entries)
+        request = request_from_dict(case.request,
+                                    source=f"{case.path}:{case.line}: case {case.name!r}")
+        return replace(request, inputs=nodes)
+
+    def build(self, case: Case) -> Build:
+        """Build ``case`` (once per process; a failure is remembered and raised again)."""
+        key = (case.path.resolve(), case.name)
+        with self._lock:
+            if key in self._building:
+                raise CaseError(f"{case.path}:{case.line}: case {case.name!r}: "
+                                "its inputs depend on itself (from_case cycle)")
+            done = self._built.get(key)
+            if done is None:
+                self._building.add(key)
+        if isinstance(done, OcibuildError):
+            raise done
+        if done is not None:
+            return done
+        try:
+            request = self.request_for(case)
+            log = self.log_path(case)
+            with self.heartbeat(f"{case.path.name}::{case.name}", log):
+                result: Build | OcibuildError = self.executor(case.provider).build(
+                    request, timeout=case.timeout, log=log)
+        except OcibuildError as e:
+            result = e
+        finally:
+            with self._lock:
+                self._building.discard(key)
+        with self._lock:
+            self._built[key] = result
+        if isinstance(result, OcibuildError):
+            raise result
+        return result
+
+    def log_path(self, case: Case) -> Path:
+        """Where the build log of ``case`` goes."""
+        return self.work_dir / "logs" / f"{case.path.stem}--{case.name}.log"
+
+    def _case_output(self, case: Case, name: str, spec: CaseInput) -> Node:
+        """The node of another case's output (building that case first)."""
+        from pytest_ocibuild.plugin.case import Case as CaseType
+
+        where = f"{case.path}:{case.line}: case {case.name!r}: input {name!r}"
+        file_part, sep, other_name = spec.ref.rpartition("::")
+        other_path = (case.path.parent / file_part) if sep else case.path
+        try:
+            candidates = self.case_file(other_path)
+        except CaseError as e:
+            raise CaseError(f"{where}: {e.message}") from None
+        other = next((c for c in candidates if c.name == other_name), None)
+        if other is None:
+            raise CaseError(f"{where}: no case {other_name!r} in {other_path}")
+        if not isinstance(other, CaseType):
+            raise CaseError(f"{where}: case {other_name!r} is invalid: {other.message}")
+        outputs = tuple(other.request.get("outputs", ()))
+        output = spec.output or (outputs[0] if len(outputs) == 1 else None)
+        if output not in outputs:
+            raise CaseError(f"{where}: name one of {other_name!r}'s outputs {list(outputs)} "
+                            "with 'output:'")
+        try:
+            return self.build(other).output(output)
+        except OcibuildError as e:
+            raise CaseError(f"{where}: case {other_name!r} failed: {e.message}",
+                            reason="dependency-failed", detail=e.detail) from None
+
+    # ---- progress -----------------------------------------------------------------------
+
+    @contextmanager
+    def heartbeat(self, label: str, log: Path) -> Iterator[None]:
+        """While the block runs, say every ``progress`` seconds that ``label`` is still busy."""
+        interval = self.settings.progress
+        if not interval:
+            yield
+            return
+        stop = threading.Event()
+        start = time.monotonic()
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                last = _last_line(log)
+                self.say(f"[ocibuild] {label}: building for {time.monotonic() - start:.0f}s"
+                         + (f"; last log line: {last}" if last else f"; log: {log}"))
+
+        thread = threading.Thread(target=beat, name="ocibuild-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def say(self, line: str) -> None:
+        """Write a line to the terminal now, even while output is being captured."""
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        with self._lock, capman.global_and_fixture_disabled() if capman else _nothing():
+            if reporter is not None and self.worker_id is None:
+                reporter.write_line(line)
+            else:  # xdist workers have no terminal; their stderr is the controller's
+                print(f"[{self.worker_id}] {line}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _last_line(log: Path, limit: int = 160) -> str:
+    try:
+        with log.open("rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][:limit] if lines else ""
+
+
+RUNNER_KEY = pytest.StashKey[Runner]()
+
+
+def get_runner(config: pytest.Config) -> Runner:
+    """The Runner of this pytest process."""
+    return config.stash[RUNNER_KEY]
+

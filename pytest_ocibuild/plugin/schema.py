@@ -1,0 +1,186 @@
+"""The YAML case file format: a line-tracking loader and the JSON schema every case must satisfy.
+
+``load_yaml`` returns plain data plus ``Lines``: the line of every mapping key and list item, so
+a schema error can be reported as ``file:line``. ``CASE_SCHEMA`` is documented in docs/plugin.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+import yaml
+
+Path_ = tuple[str | int, ...]  # a location inside the loaded data: keys and list indexes
+
+
+@dataclass
+class Lines:
+    """1-based line numbers of the nodes of a YAML document, keyed by data path."""
+
+    at: dict[Path_, int] = field(default_factory=dict)
+
+    def line(self, path: Path_) -> int:
+        """The line of ``path``, or of its nearest ancestor that has one."""
+        path = tuple(path)
+        while path not in self.at and path:
+            path = path[:-1]
+        return self.at.get(path, 1)
+
+
+class YamlError(Exception):
+    """The file is not YAML we can load; ``line`` is 1-based."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def load_yaml(text: str) -> tuple[Any, Lines]:
+    """Parse one YAML document (safe tags only); duplicate keys are an error."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines = Lines()
+        data = None if node is None else _build(loader, node, (), lines)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise YamlError(str(e.problem or e.context or e), mark.line + 1 if mark else 1) from None
+    except yaml.YAMLError as e:
+        raise YamlError(str(e).splitlines()[0], 1) from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, lines: Lines) -> Any:
+    lines.at.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # resolves '<<' merge keys
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool):
+                raise YamlError("mapping keys must be scalars", key_node.start_mark.line + 1)
+            key = str(key)
+            if key in out:
+                raise YamlError(f"duplicate key {key!r}", key_node.start_mark.line + 1)
+            lines.at[(*path, key)] = key_node.start_mark.line + 1
+            out[key] = _build(loader, value_node, (*path, key), lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(loader, item, (*path, i), lines) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+_BYTES = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "object", "properties": {"base64": {"type": "string"}},
+         "required": ["base64"], "additionalProperties": False},
+    ],
+}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+_REL = {"type": "string", "pattern": r"^[^/]"}
+_HEX = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+# An entry of a tree: a string is a regular file's contents.
+_ENTRY = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "object", "additionalProperties": False, "minProperties": 1, "properties": {
+            "contents": _BYTES, "digest": _HEX, "size": {"type": "integer", "minimum": 0},
+            "executable": {"type": "boolean"}, "symlink": {"type": "string", "minLength": 1},
+            "dir": {"const": True},
+        }},
+    ],
+}
+_TREE = {"type": "object", "additionalProperties": _ENTRY}
+_INPUT = {
+    "type": "object", "additionalProperties": False, "minProperties": 1, "properties": {
+        "path": {"type": "string", "minLength": 1},
+        "tree": _TREE,
+        "contents": _BYTES,
+        "executable": {"type": "boolean"},
+        "symlink": {"type": "string", "minLength": 1},
+        "from_case": {"type": "string", "minLength": 1},
+        "output": _REL,
+    },
+}
+_FAILURE = {
+    "type": "object", "additionalProperties": False, "required": ["reason"], "properties": {
+        "reason": {"enum": ["exit-code", "missing-output", "timeout", "invalid-request"]},
+        "exit_code": {"type": "integer"},
+        "message": {"type": "string"},
+    },
+}
+_EXPECT = {
+    "type": "object", "additionalProperties": False, "properties": {
+        "failure": _FAILURE,
+        "log": _STRINGS,
+        "log_not": _STRINGS,
+        "outputs": {"type": "object", "additionalProperties": _TREE},
+        "references": {"type": "object", "additionalProperties": _STRINGS},
+        "root_digests": {"type": "object", "additionalProperties": _HEX},
+    },
+}
+CASE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["command"],
+    "properties": {
+        "description": {"type": "string"},
+        "marks": {"type": "array", "items": {"type": "string", "pattern": r"^[A-Za-z_]\w*$"}},
+        "inputs": {"type": "object", "additionalProperties": _INPUT},
+        "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "working_dir": _REL,
+        "inputs_dir": _REL,
+        "scratch_paths": {"type": "array", "items": _REL, "minItems": 1},
+        "outputs": {"type": "array", "items": _REL},
+        "env": {"type": "object", "additionalProperties": _BYTES},
+        "additional_files": {"type": "object", "additionalProperties": _BYTES},
+        "refscan_needles": _STRINGS,
+        "constraints": {
+            "type": "object", "additionalProperties": False, "properties": {
+                "system": {"type": "string"},
+                "min_memory": {"type": "integer", "minimum": 0},
+                "available_ro_paths": _STRINGS,
+                "network_access": {"type": "boolean"},
+                "provide_bin_sh": {"type": "boolean"},
+            },
+        },
+        "timeout": {"type": "number", "exclusiveMinimum": 0},
+        "provider": {"enum": ["materialize", "fuse"]},
+        "expect": _EXPECT,
+    },
+}
+_VALIDATOR = jsonschema.Draft202012Validator(CASE_SCHEMA)
+
+
+def schema_errors(case: Any) -> Iterator[tuple[Path_, str]]:
+    """Problems with one case as ``(path inside the case, message)``, in document order."""
+    for error in sorted(_VALIDATOR.iter_errors(case), key=lambda e: list(map(str, e.path))):
+        yield _message(jsonschema.exceptions.best_match([error]))
+
+
+def _message(error: jsonschema.ValidationError) -> tuple[Path_, str]:
+    path = tuple(error.absolute_path)
+    where = ".".join(map(str, path))
+    prefix = f"{where}: " if where else ""
+    if error.validator == "additionalProperties":
+        known = error.schema.get("properties", {})
+        extra = sorted(set(error.instance) - set(known))
+        return (*path, extra[0]), (
+            f"{prefix}unknown key(s) {', '.join(extra)} (expected: {', '.join(sorted(known))})")
+    if error.schema is _BYTES:
+        return path, f"{prefix}{error.instance!r:.60} is not a string or {{base64: ...}}"
+    if error.schema is _ENTRY:
+        return path, (f"{prefix}{error.instance!r:.60} is not a file's contents or a mapping "
+                      "with contents, digest, symlink or dir")
+    pattern = error.schema.get("pattern") if error.validator == "pattern" else None
+    if pattern == _REL["pattern"]:
+        return path, f"{prefix}{error.instance!r} must be a relative path"
+    if pattern == _HEX["pattern"]:
+        return path, f"{prefix}{error.instance!r:.70} is not a 64-character hex blake3 digest"
+    return path, f"{prefix}{error.message}"

@@ -1,0 +1,512 @@
+"""Input providers (FUSE mount, hardlink materialization) against real mounts and real files."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_ocibuild.build.fuse_inputs import FuseInputs, check_fuse
+from pytest_ocibuild.build.inputs import InputProvider, open_input_provider
+from pytest_ocibuild.build.materialize import MaterializeInputs, mount_at
+from pytest_ocibuild.castore.digest import Digest
+from pytest_ocibuild.castore.local import LocalStore
+from pytest_ocibuild.castore.memory import MemoryStore
+from pytest_ocibuild.castore.nodes import Directory, DirectoryNode, FileNode, Node
+from pytest_ocibuild.castore.store import Store
+from pytest_ocibuild.errors import BundleError, InvalidRequest, RuntimeUnavailable, StoreError
+from tests.build.trees import Exec, Link, expected, put_node, put_tree, snapshot
+
+BIG = bytes(range(256)) * (20 * 4096)  # 20 MiB
+SPEC = {
+    "hello": b"Hello World!\n",
+    "empty-file": b"",
+    "empty-dir/": {},
+    "bin/tool": Exec(b"#!/bin/sh\necho hi\n"),
+    "bin/empty-exec": Exec(b""),
+    "lib/deep/er/still/file": b"deep",
+    "lib/deep/sibling": b"sib",
+    "lib/link": Link("deep/sibling"),
+    "dangling": Link("/nix/store/nowhere"),
+    "dir-link": Link("lib"),
+    "odd name \u00e9": b"unicode",
+    "big": BIG,
+}
+PROVIDERS = ["fuse", "materialize"]
+WRITE_ERRORS = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def fuse_mounts_under(path: Path) -> list[str]:
+    """Mount points in /proc/mounts at or below ``path``."""
+    prefix = os.path.realpath(path)
+    with open("/proc/mounts") as f:
+        points = [line.split()[1] for line in f]
+    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
+def force_unmount(at: Path) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for _ in range(5):
+        if mount_at(at) is None:
+            return
+        libc.umount2(os.fsencode(os.path.realpath(at)), 2)
+
+
+@pytest.fixture(params=["memory", "local"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "memory":
+        return MemoryStore()
+    return LocalStore(tmp_path / "store", fsync=False)
+
+
+@pytest.fixture(params=PROVIDERS)
+def provider(request: pytest.FixtureRequest) -> InputProvider:
+    if request.param == "fuse":
+        try:
+            check_fuse()
+        except RuntimeUnavailable as e:
+            pytest.skip(str(e))
+    return open_input_provider(request.param)
+
+
+@pytest.fixture
+def inputs_dir(tmp_path: Path) -> Iterator[Path]:
+    """An empty inputs directory; the test fails (after a forced unmount) if a mount remains."""
+    at = tmp_path / "inputs"
+    at.mkdir()
+    yield at
+    left = fuse_mounts_under(tmp_path)
+    for point in left:
+        force_unmount(Path(point))
+    assert left == [], f"mounts left behind: {left}"
+
+
+def assert_clean(at: Path) -> None:
+    assert os.listdir(at) == []
+    assert mount_at(at) is None
+    assert fuse_mounts_under(at) == []
+
+
+# -- contents ----------------------------------------------------------------------------
+
+
+def test_tree_helper_keeps_every_entry() -> None:
+    want = expected(SPEC)
+    assert {k.rstrip("/") for k in SPEC} <= set(want)
+    assert want["lib/deep"] == ("dir", 0o555) and want["lib/deep/sibling"][2] == b"sib"
+    assert len(want) == 17
+
+
+def test_serves_the_same_tree(provider: InputProvider, store: Store, inputs_dir: Path) -> None:
+    inputs = {
+        "tree": put_tree(store, SPEC),
+        "top-file": put_node(store, Exec(b"top")),
+        "top-link": put_node(store, Link("tree/hello")),
+    }
+    with provider.provide(store, inputs, inputs_dir):
+        assert sorted(os.listdir(inputs_dir)) == ["top-file", "top-link", "tree"]
+        assert snapshot(inputs_dir / "tree") == expected(SPEC)
+        assert (inputs_dir / "top-file").read_bytes() == b"top"
+        assert stat.S_IMODE((inputs_dir / "top-file").stat().st_mode) == 0o555
+        assert (inputs_dir / "top-link").read_bytes() == b"Hello World!\n"
+        assert os.readlink(inputs_dir / "tree/dangling") == "/nix/store/nowhere"
+        assert not (inputs_dir / "tree/dangling").exists()
+        assert stat.S_IMODE((inputs_dir / "tree").stat().st_mode) == 0o555
+        lib = (inputs_dir / "tree/lib").stat()
+        assert lib.st_nlink == 3  # ., .. and deep/..
+        big = (inputs_dir / "tree/big").stat()
+        assert big.st_size == len(BIG)
+        with open(inputs_dir / "tree/big", "rb") as f:  # random access
+            f.seek(len(BIG) - 1000)
+            assert f.read() == BIG[-1000:]
+            f.seek(7)
+            assert f.read(3) == BIG[7:10]
+    assert_clean(inputs_dir)
+
+
+def test_fuse_attributes_as_tvix(inputs_dir: Path) -> None:
+    store = MemoryStore()
+    with FuseInputs().provide(store, {"t": put_tree(store, SPEC)}, inputs_dir):
+        for rel in ("t", "t/hello", "t/bin/tool", "t/lib/link", "t/empty-dir"):
+            st = os.lstat(inputs_dir / rel)
+            assert (st.st_uid, st.st_gid, st.st_mtime) == (0, 0, 1.0), rel
+        root = os.stat(inputs_dir)
+        assert stat.S_IMODE(root.st_mode) == 0o555
+        assert root.st_nlink == 3
+        assert os.stat(inputs_dir / "t/hello").st_nlink == 1
+        assert os.stat(inputs_dir / "t/empty-dir").st_nlink == 2
+        entry = mount_at(inputs_dir)
+        assert entry is not None and entry[0] == "fuse.ocibuild"
+
+
+def test_executables_run_from_inputs(provider: InputProvider, inputs_dir: Path) -> None:
+    echo = shutil.which("echo")
+    assert echo
+    store = MemoryStore()
+    inputs = {"bin": put_tree(store, {"echo": Exec(Path(echo).read_bytes())})}
+    with provider.provide(store, inputs, inputs_dir):
+        out = subprocess.run([inputs_dir / "bin/echo", "ok"], capture_output=True, check=True)
+        assert out.stdout == b"ok\n"
+    assert_clean(inputs_dir)
+
+
+def test_another_user_can_read(provider: InputProvider) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch users")
+    base = Path(tempfile.mkdtemp(prefix="ocibuild-inputs-"))
+    try:
+        base.chmod(0o755)
+        at = base / "inputs"
+        at.mkdir()
+        store = MemoryStore()
+        inputs = {
+            "t": put_tree(store, {"d/f": b"shared\n", "x": Exec(Path("/bin/true").read_bytes())})
+        }
+        with provider.provide(store, inputs, at):
+            cmd = f"cat {at}/t/d/f && ls {at}/t && {at}/t/x && ! touch {at}/t/new"
+            out = subprocess.run(
+                ["sh", "-c", cmd], user=65534, group=65534, capture_output=True, check=False
+            )
+            assert out.returncode == 0, out.stderr
+            assert out.stdout == b"shared\nd\nx\n"
+        assert_clean(at)
+    finally:
+        force_unmount(base / "inputs")
+        shutil.rmtree(base)
+
+
+# -- read-only ---------------------------------------------------------------------------
+
+
+def test_inputs_are_read_only(provider: InputProvider, store: Store, inputs_dir: Path) -> None:
+    tree = put_tree(store, {"f": b"original", "d/g": b"x", "x": Exec(b"run")})
+    with provider.provide(store, {"t": tree}, inputs_dir):
+        t = inputs_dir / "t"
+        attempts = {
+            "write": lambda: open(t / "f", "r+b").write(b"changed"),  # noqa: SIM115
+            "truncate": lambda: os.truncate(t / "f", 0),
+            "create": lambda: open(t / "d/new", "wb").close(),
+            "create-top": lambda: open(inputs_dir / "new", "wb").close(),
+            "unlink": lambda: os.unlink(t / "d/g"),
+            "rmdir": lambda: os.rmdir(t / "d"),
+            "mkdir": lambda: os.mkdir(t / "new-dir"),
+            "rename": lambda: os.rename(t / "f", t / "f2"),
+            "chmod": lambda: os.chmod(t / "f", 0o666),
+            "chmod-dir": lambda: os.chmod(t / "d", 0o777),
+            "symlink": lambda: os.symlink("f", t / "s"),
+            "utime": lambda: os.utime(t / "f", (5, 5)),
+        }
+        for what, attempt in attempts.items():
+            with pytest.raises(OSError) as info:
+                attempt()
+            assert info.value.errno in WRITE_ERRORS, (what, info.value)
+        assert (t / "f").read_bytes() == b"original"
+        assert sorted(os.listdir(t)) == ["d", "f", "x"]
+    assert_clean(inputs_dir)
+    # the store's own copy (a hardlink target for materialize) is intact
+    assert tree.digest and snapshot_store_file(store, tree, b"f") == b"original"
+
+
+def snapshot_store_file(store: Store, tree: DirectoryNode, name: bytes) -> bytes:
+    directory = store.get_directory(tree.digest)
+    assert directory is not None
+    node = directory.entries[name]
+    assert isinstance(node, FileNode)
+    f = store.open_blob(node.digest)
+    assert f is not None
+    with f:
+        return f.read()
+
+
+# -- cleanup -----------------------------------------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("ending", ["normal", "exception", "keyboard-interrupt", "open-file"])
+def test_cleanup(provider: InputProvider, store: Store, inputs_dir: Path, ending: str) -> None:
+    if isinstance(provider, FuseInputs):
+        provider.stop_timeout = 0.5  # the open-file case waits for it
+    tree = put_tree(store, {"a/b/c": b"x", "d": Exec(b"y"), "e/": {}})
+    raised: type[BaseException] | None = {
+        "exception": Boom,
+        "keyboard-interrupt": KeyboardInterrupt,
+    }.get(ending)
+    held = None
+    try:
+        with provider.provide(store, {"t": tree, "u": tree}, inputs_dir):
+            assert (inputs_dir / "t/a/b/c").read_bytes() == b"x"
+            if ending == "open-file":
+                held = open(inputs_dir / "u/a/b/c", "rb")  # noqa: SIM115
+                os.chdir(inputs_dir / "t/a")
+            if raised is not None:
+                raise raised()
+    except (Boom, KeyboardInterrupt) as e:
+        assert type(e) is raised
+    else:
+        assert raised is None
+    finally:
+        os.chdir("/")
+        if held is not None:
+            held.close()
+    assert_clean(inputs_dir)
+
+
+def test_not_empty_target_is_refused(provider: InputProvider, inputs_dir: Path) -> None:
+    (inputs_dir / "stray").write_text("x")
+    store = MemoryStore()
+    with (
+        pytest.raises(BundleError, match="not empty"),
+        provider.provide(store, {"t": put_tree(store, {"a": b"1"})}, inputs_dir),
+    ):
+        pass
+    assert os.listdir(inputs_dir) == ["stray"]
+
+
+def test_unknown_provider() -> None:
+    with pytest.raises(InvalidRequest):
+        open_input_provider("nfs")
+
+
+# -- missing objects ----------------------------------------------------------------------
+
+MISSING = Digest.of(b"never stored")
+
+
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_missing_top_level_input(
+    provider: InputProvider, store: Store, inputs_dir: Path, kind: str
+) -> None:
+    node: Node = DirectoryNode(MISSING, 2) if kind == "directory" else FileNode(MISSING, 12)
+    ok = put_tree(store, {"a": b"1"})
+    with (
+        pytest.raises(StoreError, match=MISSING.hex),
+        provider.provide(store, {"ok": ok, "gone": node}, inputs_dir),
+    ):
+        pytest.fail("entered despite a missing input")
+    assert_clean(inputs_dir)
+
+
+MISSING_DIR = Digest.of(b"no dir")
+
+
+def tree_with_holes(store: Store, holes: tuple[str, ...] = ("file", "dir")) -> DirectoryNode:
+    """A tree whose ``lost-file`` blob and ``lost-dir`` directory are not in the store."""
+    entries: dict[bytes, Node] = {b"fine": put_node(store, b"fine")}
+    if "file" in holes:
+        entries[b"lost-file"] = FileNode(MISSING, 5)
+    if "dir" in holes:
+        entries[b"lost-dir"] = DirectoryNode(MISSING_DIR, 2)
+    directory = Directory(entries)
+    store.put_directory(directory)
+    return directory.node()
+
+
+@pytest.mark.parametrize("hole", ["file", "dir"])
+def test_materialize_missing_nested_object(store: Store, inputs_dir: Path, hole: str) -> None:
+    missing = MISSING if hole == "file" else MISSING_DIR
+    with (
+        pytest.raises(StoreError, match=f"/t/lost-{hole}: .*{missing.hex}"),
+        MaterializeInputs().provide(store, {"t": tree_with_holes(store, (hole,))}, inputs_dir),
+    ):
+        pytest.fail("entered despite a missing blob")
+    assert_clean(inputs_dir)
+
+
+def test_fuse_missing_nested_objects_give_eio(store: Store, inputs_dir: Path) -> None:
+    """Decision: EIO for the syscall that needs the object, then StoreError when leaving."""
+    with (
+        pytest.raises(StoreError) as info,
+        FuseInputs().provide(store, {"t": tree_with_holes(store)}, inputs_dir),
+    ):
+        t = inputs_dir / "t"
+        assert (t / "fine").read_bytes() == b"fine"
+        assert sorted(os.listdir(t)) == ["fine", "lost-dir", "lost-file"]
+        with pytest.raises(OSError) as read_error:
+            (t / "lost-file").read_bytes()
+        assert read_error.value.errno == errno.EIO
+        with pytest.raises(OSError) as list_error:
+            os.listdir(t / "lost-dir")
+        assert list_error.value.errno == errno.EIO
+    assert MISSING.hex in str(info.value) and MISSING_DIR.hex in str(info.value)
+    assert "/t/lost-file" in str(info.value) and "/t/lost-dir" in str(info.value)
+    assert_clean(inputs_dir)
+
+
+def test_fuse_missing_object_note_when_block_raised(inputs_dir: Path) -> None:
+    store = MemoryStore()
+    with (
+        pytest.raises(Boom) as info,
+        FuseInputs().provide(store, {"t": tree_with_holes(store)}, inputs_dir),
+    ):
+        with pytest.raises(OSError):
+            (inputs_dir / "t/lost-file").read_bytes()
+        raise Boom()
+    assert any(MISSING.hex in note for note in info.value.__notes__)
+    assert_clean(inputs_dir)
+
+
+# -- concurrency and laziness --------------------------------------------------------------
+
+
+def test_two_mounts_at_once(store: Store, tmp_path: Path, inputs_dir: Path) -> None:
+    first, second = inputs_dir / "one", inputs_dir / "two"
+    first.mkdir()
+    second.mkdir()
+    a = put_tree(store, {"f": b"A" * 100_000, "d/x": b"ax"})
+    b = put_tree(store, {"f": b"B" * 100_000, "d/x": b"bx"})
+    one = FuseInputs().provide(store, {"t": a}, first)
+    two = FuseInputs().provide(store, {"t": b}, second)
+    one.__enter__()
+    one_open = True
+    try:
+        two.__enter__()
+        try:
+            errors: list[BaseException] = []
+
+            def reader(at: Path, byte: bytes) -> None:
+                try:
+                    for _ in range(20):
+                        assert (at / "t/f").read_bytes() == byte * 100_000
+                except BaseException as e:
+                    errors.append(e)
+
+            threads = [
+                threading.Thread(target=reader, args=args)
+                for args in [(first, b"A"), (second, b"B"), (first, b"A"), (second, b"B")]
+            ]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            assert errors == []
+            assert (second / "t/d/x").read_bytes() == b"bx"
+            one_open = False
+            one.__exit__(None, None, None)  # not in LIFO order
+            assert mount_at(first) is None
+            assert (second / "t/d/x").read_bytes() == b"bx"
+        finally:
+            two.__exit__(None, None, None)
+    finally:
+        if one_open:
+            one.__exit__(None, None, None)
+    assert_clean(first)
+    assert_clean(second)
+
+
+class CountingStore(MemoryStore):
+    """Logs every get_directory digest to a file (the FUSE server is another process)."""
+
+    def __init__(self, log: Path) -> None:
+        super().__init__()
+        self.log = log
+
+    def get_directory(self, digest: Digest) -> Directory | None:
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, digest.hex.encode() + b"\n")
+        finally:
+            os.close(fd)
+        return super().get_directory(digest)
+
+    def fetched(self) -> list[str]:
+        return self.log.read_text().split() if self.log.exists() else []
+
+
+def test_fuse_fetches_only_looked_up_directories(tmp_path: Path, inputs_dir: Path) -> None:
+    store = CountingStore(tmp_path / "fetches")
+    spec = {"a/b/c/file": b"deep", "a/other/x/y": b"no", "z/w/v": b"no"}
+    root = put_tree(store, spec)
+    dirs = {}
+    for rel in ("", "a", "a/b", "a/b/c", "a/other", "a/other/x", "z", "z/w"):
+        sub = (
+            {k[len(rel) + 1 :]: v for k, v in spec.items() if k.startswith(rel + "/")}
+            if rel
+            else spec
+        )
+        dirs[rel] = put_tree(MemoryStore(), sub).digest.hex
+    assert store.fetched() == []
+    with FuseInputs().provide(store, {"t": root}, inputs_dir):
+        assert store.fetched() == [dirs[""]]  # only the top-level input, checked before mounting
+        assert (inputs_dir / "t/a/b/c/file").read_bytes() == b"deep"
+        assert (inputs_dir / "t/a/b/c/file").read_bytes() == b"deep"
+        fetched = store.fetched()
+    assert sorted(fetched) == sorted(dirs[k] for k in ("", "a", "a/b", "a/b/c"))
+    assert len(fetched) == len(set(fetched)), "a directory was fetched twice"
+
+
+def test_fuse_unavailable_without_dev_fuse(
+    monkeypatch: pytest.MonkeyPatch, inputs_dir: Path
+) -> None:
+    real = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: p != "/dev/fuse" and real(p))
+    store = MemoryStore()
+    with (
+        pytest.raises(RuntimeUnavailable, match="/dev/fuse"),
+        FuseInputs().provide(store, {"t": put_tree(store, {"a": b"1"})}, inputs_dir),
+    ):
+        pass
+
+
+def test_fuse_unavailable_without_fusermount(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeUnavailable, match="install fuse3"):
+        check_fuse()
+
+
+# -- materialize specifics ------------------------------------------------------------------
+
+
+def test_materialize_hardlinks_store_blobs(tmp_path: Path, inputs_dir: Path) -> None:
+    store = LocalStore(tmp_path / "store", fsync=False)
+    provider = MaterializeInputs()
+    tree = put_tree(store, {"f": b"data", "x": Exec(b"exe"), "d/g": b"data"})
+    with provider.provide(store, {"t": tree}, inputs_dir):
+        f, x, g = (os.stat(inputs_dir / "t" / p) for p in ("f", "x", "d/g"))
+        blob = store.blob_path(Digest.of(b"data"))
+        twin = store.blob_path(Digest.of(b"exe"), executable=True)
+        assert blob and twin
+        assert f.st_ino == g.st_ino == os.stat(blob).st_ino
+        assert x.st_ino == os.stat(twin).st_ino
+        assert stat.S_IMODE(x.st_mode) == 0o555
+        assert (provider.linked, provider.copied) == (3, 0)
+    assert_clean(inputs_dir)
+    assert os.stat(blob).st_nlink == 1  # our links are gone, the blob stays
+
+
+def test_materialize_copies_across_filesystems(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs a second filesystem at /dev/shm")
+    store = LocalStore(tmp_path / "store", fsync=False)
+    at = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        provider = MaterializeInputs()
+        spec = {"f": b"data", "x": Exec(b"exe"), "l": Link("f")}
+        with provider.provide(store, {"t": put_tree(store, spec)}, at):
+            assert snapshot(at / "t") == expected(spec)
+            assert (provider.linked, provider.copied) == (0, 2)
+        assert_clean(at)
+    finally:
+        force_unmount(at)
+        shutil.rmtree(at)
+
+
+def test_materialize_streams_from_stores_without_blob_files(inputs_dir: Path) -> None:
+    store = MemoryStore()
+    provider = MaterializeInputs()
+    with provider.provide(store, {"t": put_tree(store, {"f": b"1", "g": Exec(b"2")})}, inputs_dir):
+        assert (provider.linked, provider.copied) == (0, 2)
+    assert_clean(inputs_dir)
