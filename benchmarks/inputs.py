@@ -10,9 +10,10 @@ Profiles (in a LocalStore on the same filesystem as the inputs directory):
   small files (0.1-8 KiB) in nested directories;
 * ``many-small``: ~2000 small files in 40 nested directories.
 
-For each provider and profile it times, as the median of ``--repeat`` runs: the context alone
-(setup + teardown), the context plus reading every file, and the context plus reading a few files
-(the executable and 4 small files: what a typical build touches).
+For each provider (``fuse-mt`` is FUSE with libfuse's multi-threaded loop) and profile it times,
+as the median of ``--repeat`` runs: the context alone (setup + teardown), the context plus
+reading every file, and the context plus reading a few files (the executable and 4 small files:
+what a typical build touches).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -29,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_ocibuild.build.inputs import open_input_provider
+from pytest_ocibuild.build.fuse_inputs import FuseInputs
+from pytest_ocibuild.build.inputs import InputProvider, open_input_provider
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Node
 from tests.build.trees import Exec, Link, Spec, put_tree
@@ -89,8 +92,16 @@ def main() -> None:
     store = LocalStore(work / "store", fsync=False)
     at = work / "inputs"
     at.mkdir()
-    providers = {name: open_input_provider(name) for name in ("fuse", "materialize")}
-    print(f"{'profile':<11} {'case':<16} {'fuse ms':>9} {'materialize ms':>15} {'fuse/mat':>9}")
+    providers: dict[str, InputProvider] = {
+        "fuse": open_input_provider("fuse"),
+        "fuse-mt": FuseInputs(nothreads=False),
+        "materialize": open_input_provider("materialize"),
+    }
+    print(f"median of {args.repeat} runs, ms; LocalStore in {work}")
+    print(
+        f"{'profile':<11} {'case':<16} {'fuse':>8} {'fuse-mt':>8} {'materialize':>12}"
+        f" {'fuse/mat':>9}"
+    )
     for pname, make in (("busybox", busybox_profile), ("many-small", many_small_profile)):
         spec, few = make(rng)
         inputs: dict[str, Node] = {"pkg": put_tree(store, spec)}
@@ -111,10 +122,11 @@ def main() -> None:
                 times[prov_name] = time_runs(run, args.repeat) * 1000
             ratio = times["fuse"] / times["materialize"]
             print(
-                f"{pname:<11} {cname:<16} {times['fuse']:>9.1f} "
-                f"{times['materialize']:>15.1f} {ratio:>9.2f}"
+                f"{pname:<11} {cname:<16} {times['fuse']:>8.1f} {times['fuse-mt']:>8.1f}"
+                f" {times['materialize']:>12.1f} {ratio:>9.2f}"
             )
     assert os.listdir(at) == []
+    shutil.rmtree(work)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--store", type=Path)
     s.add_argument("--canonical", action="store_true",
                    help="use the canonical uid/gid maps of golden files, not this host's")
+    s.set_defaults(handler=cmd_spec)
     a = sub.add_parser("add", help="ingest a host path into the store and print its node")
     a.add_argument("path", type=Path)
     a.add_argument("--store", type=Path)

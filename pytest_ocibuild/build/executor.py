@@ -16,7 +16,7 @@ from pytest_ocibuild.build.refscan import scan_path
 from pytest_ocibuild.build.request import Build, BuildRequest
 from pytest_ocibuild.build.runtime import Runtime, open_runtime
 from pytest_ocibuild.build.slots import Slots
-from pytest_ocibuild.build.spec import make_spec
+from pytest_ocibuild.build.spec import host_network_files, make_spec
 from pytest_ocibuild.castore.ingest import ingest_path
 from pytest_ocibuild.castore.nodes import Node
 from pytest_ocibuild.castore.store import Store, open_store
@@ -100,7 +100,7 @@ class Executor:
 
     def spec(self, request: BuildRequest) -> dict:
         """The OCI config.json a build of ``request`` uses."""
-        return make_spec(request, id_maps=self.id_maps)
+        return make_spec(request, id_maps=self.id_maps, network_files=host_network_files())
 
     def build(
         self, request: BuildRequest, *, timeout: float | None = None, log: Path | None = None

@@ -10,22 +10,58 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from syrupy.assertion import SnapshotAssertion
+from syrupy.data import SnapshotCollections
 from syrupy.exceptions import SnapshotDoesNotExist
 from syrupy.extensions.json import JSONSnapshotExtension
 from syrupy.location import PyTestLocation
 from syrupy.terminal import disable_color
 
+from pytest_ocibuild.plugin.schema import YamlError, load_yaml
+
 
 class SpecSnapshotExtension(JSONSnapshotExtension):
-    """JSON goldens: 2-space indent, keys in the spec's own order, trailing newline."""
+    """JSON goldens: 2-space indent, keys in the spec's own order, trailing newline.
+
+    Only orphaned goldens (whose case is gone from its YAML file) are reported to syrupy's
+    unused-snapshot logic. syrupy decides "unused" from the Python functions it collected,
+    so it would otherwise count every golden of a case that was merely deselected (``-k``)
+    as unused, and delete it under ``--snapshot-update``.
+    """
 
     def serialize(self, data: Any, **_: Any) -> str:
         """Serialize like ``json.dumps`` (key order kept: it follows the OCI spec's layout)."""
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+    def discover_snapshots(self, **kwargs: Any) -> SnapshotCollections:
+        """The goldens below the snapshot directory whose case no longer exists."""
+        orphans = SnapshotCollections()
+        for collection in super().discover_snapshots(**kwargs):
+            if is_orphan(Path(collection.location)):
+                orphans.add(collection)
+        return orphans
+
+
+def is_orphan(golden: Path) -> bool:
+    """True if ``<dir>/__snapshots__/<file>/<case>.json`` has no ``<case>`` in ``<dir>/<file>``.
+
+    A YAML file that cannot be read or parsed keeps its goldens (it is reported elsewhere).
+    """
+    base = golden.parent.parent.parent / golden.parent.name
+    for suffix in (".yaml", ".yml"):
+        source = base.with_name(base.name + suffix)
+        if not source.exists():
+            continue
+        try:
+            data, _ = load_yaml(source.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, YamlError):
+            return False
+        return not (isinstance(data, dict) and golden.stem in data)
+    return True
 
 
 class CaseLocation(PyTestLocation):

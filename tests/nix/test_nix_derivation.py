@@ -63,7 +63,8 @@ def test_odd_env_values() -> None:
 
 
 def test_structured_attrs() -> None:
-    drv = parse_drv((FIXTURES / "mf31a20a9lpb5pcsbnk8f8lyvwvw6a7r-structured.drv").read_bytes(), source="s.drv")
+    data = (FIXTURES / "mf31a20a9lpb5pcsbnk8f8lyvwvw6a7r-structured.drv").read_bytes()
+    drv = parse_drv(data, source="s.drv")
     attrs = drv.structured_attrs
     assert attrs is not None and attrs["nested"] == {"a": [1, 2, {"b": "c"}], "s": 'q"\n'}
     assert drv.name == "structured"

@@ -86,7 +86,8 @@ def test_random_env(env: dict[str, str], args: list[str], outputs: list[str],
     d = tmp_path / f"case-{abs(hash(json.dumps(attrs, sort_keys=True)))}"
     d.mkdir()
     (d / "attrs.json").write_text(json.dumps(attrs))
-    (d / "default.nix").write_text("derivation (builtins.fromJSON (builtins.readFile ./attrs.json))")
+    nix = "derivation (builtins.fromJSON (builtins.readFile ./attrs.json))"
+    (d / "default.nix").write_text(nix)
     drv_path = subprocess.run(["nix-instantiate", str(d / "default.nix")], check=True,
                               capture_output=True, text=True).stdout.strip().split("!")[0]
     _check(drv_path)
