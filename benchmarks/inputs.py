@@ -19,6 +19,7 @@ what a typical build touches).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import shutil
@@ -73,14 +74,17 @@ def read_few(root: Path, paths: list[str]) -> int:
     return sum(len((root / p).read_bytes()) for p in paths)
 
 
-def time_runs(run: Callable[[], object], repeat: int) -> float:
-    run()  # warm-up (page cache, imports)
-    samples = []
+def time_interleaved(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, list[float]]:
+    """Seconds per run of each callable; rounds alternate between them so load hits all alike."""
+    for run in runs.values():
+        run()  # warm-up (page cache, imports)
+    samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
-        t = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
+        for name, run in runs.items():
+            t = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - t)
+    return samples
 
 
 def main() -> None:
@@ -97,11 +101,9 @@ def main() -> None:
         "fuse-mt": FuseInputs(nothreads=False),
         "materialize": open_input_provider("materialize"),
     }
-    print(f"median of {args.repeat} runs, ms; LocalStore in {work}")
-    print(
-        f"{'profile':<11} {'case':<16} {'fuse':>8} {'fuse-mt':>8} {'materialize':>12}"
-        f" {'fuse/mat':>9}"
-    )
+    print(f"ms per run, median (min) of {args.repeat} interleaved runs; LocalStore in {work}")
+    names = list(providers)
+    print(f"{'profile':<11} {'case':<15}" + "".join(f"{n:>16}" for n in names) + "  fuse/mat")
     for pname, make in (("busybox", busybox_profile), ("many-small", many_small_profile)):
         spec, few = make(rng)
         inputs: dict[str, Node] = {"pkg": put_tree(store, spec)}
@@ -112,19 +114,18 @@ def main() -> None:
             "+ read 5 files": lambda pkg=pkg, few=few: read_few(pkg, few),
         }
         for cname, body in cases.items():
-            times = {}
-            for prov_name, prov in providers.items():
 
-                def run(prov=prov, body=body, inputs=inputs) -> None:
-                    with prov.provide(store, inputs, at):
-                        body()
+            def run(prov: InputProvider, body=body, inputs=inputs) -> None:
+                with prov.provide(store, inputs, at):
+                    body()
 
-                times[prov_name] = time_runs(run, args.repeat) * 1000
-            ratio = times["fuse"] / times["materialize"]
-            print(
-                f"{pname:<11} {cname:<16} {times['fuse']:>8.1f} {times['fuse-mt']:>8.1f}"
-                f" {times['materialize']:>12.1f} {ratio:>9.2f}"
+            samples = time_interleaved(
+                {n: functools.partial(run, p) for n, p in providers.items()}, args.repeat
             )
+            med = {n: statistics.median(v) * 1000 for n, v in samples.items()}
+            low = {n: min(v) * 1000 for n, v in samples.items()}
+            cells = "".join(f"{f'{med[n]:.1f} ({low[n]:.1f})':>16}" for n in names)
+            print(f"{pname:<11} {cname:<15}{cells}  {med['fuse'] / med['materialize']:>8.2f}")
     assert os.listdir(at) == []
     shutil.rmtree(work)
 

@@ -17,6 +17,8 @@ import ctypes
 import errno
 import logging
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -49,7 +51,7 @@ class MaterializeInputs:
     def provide(self, store: Store, inputs: Mapping[str, Node], at: Path) -> Iterator[None]:
         """Populate the empty directory ``at``; remove everything again on exit."""
         at = Path(at)
-        _check_empty(at)
+        check_empty(at)
         self.linked = self.copied = 0
         mounted = False
         try:
@@ -126,7 +128,8 @@ class _Builder:
         self.counts.copied += 1
 
 
-def _check_empty(at: Path) -> None:
+def check_empty(at: Path) -> None:
+    """Raise BundleError unless ``at`` is an existing empty directory."""
     try:
         entries = os.listdir(at)
     except OSError as e:
@@ -175,15 +178,31 @@ def _bind_readonly(at: Path) -> None:
 
 
 def _umount(at: Path) -> None:
-    libc, target = _libc(), os.fsencode(at)
-    if libc.umount2(target, 0) != 0 and libc.umount2(target, _MNT_DETACH) != 0:
-        e = ctypes.get_errno()
-        raise BundleError(f"cannot unmount inputs {at}: {os.strerror(e)}")
+    unmount(os.path.realpath(at), lazy=False)
 
 
-def mount_at(at: Path) -> tuple[str, str] | None:
-    """``(fstype, "major:minor")`` of the topmost mount exactly at ``at``, or None."""
-    real = os.fsencode(os.path.realpath(at))
+def unmount(at: str, *, lazy: bool) -> None:
+    """Unmount ``at`` (lazily if asked, or if busy); as non-root with ``fusermount -u``."""
+    if os.geteuid() == 0:
+        libc, target = _libc(), os.fsencode(at)
+        if libc.umount2(target, _MNT_DETACH if lazy else 0) == 0 or lazy:
+            return
+        if ctypes.get_errno() == errno.EBUSY and libc.umount2(target, _MNT_DETACH) == 0:
+            return
+        raise BundleError(f"cannot unmount {at}: {os.strerror(ctypes.get_errno())}")
+    tool = shutil.which("fusermount") or shutil.which("fusermount3") or "fusermount"
+    done = subprocess.run([tool, "-u", *(["-z"] if lazy else []), at], capture_output=True)
+    if done.returncode and not lazy:
+        subprocess.run([tool, "-u", "-z", at], capture_output=True)
+
+
+def mount_at(at: Path | str) -> tuple[str, str] | None:
+    """``(fstype, "major:minor")`` of the topmost mount exactly at ``at``, or None.
+
+    ``at`` must be a resolved path (no symlinks): this only reads /proc/self/mountinfo and never
+    touches ``at`` itself, so a hung filesystem mounted there cannot block it.
+    """
+    real = os.fsencode(os.path.abspath(at))
     found = None
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:

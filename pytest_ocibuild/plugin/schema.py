@@ -55,8 +55,13 @@ def load_yaml(text: str) -> tuple[Any, Lines]:
     return data, lines
 
 
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
 def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, lines: Lines) -> Any:
     lines.at.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
+        raise YamlError(f"unsupported tag {node.tag}", node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolves '<<' merge keys
         out: dict[Any, Any] = {}

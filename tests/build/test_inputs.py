@@ -6,10 +6,13 @@ import ctypes
 import errno
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -510,3 +513,66 @@ def test_materialize_streams_from_stores_without_blob_files(inputs_dir: Path) ->
     with provider.provide(store, {"t": put_tree(store, {"f": b"1", "g": Exec(b"2")})}, inputs_dir):
         assert (provider.linked, provider.copied) == (0, 2)
     assert_clean(inputs_dir)
+
+
+# -- a dying server or caller ----------------------------------------------------------------
+
+
+def child_pids() -> set[int]:
+    me, found = str(os.getpid()), set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat_line = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if stat_line.rsplit(")", 1)[1].split()[1] == me:
+                found.add(int(entry))
+    return found
+
+
+def test_fuse_server_crash_is_cleaned_up_and_reported(inputs_dir: Path) -> None:
+    store = MemoryStore()
+    before = child_pids()
+    with (
+        pytest.raises(BundleError, match=r"exited early .*signal 9"),
+        FuseInputs().provide(store, {"t": put_tree(store, {"f": b"x"})}, inputs_dir),
+    ):
+        (server,) = child_pids() - before
+        os.kill(server, signal.SIGKILL)
+        time.sleep(0.1)
+        with pytest.raises(OSError) as info:
+            (inputs_dir / "t/f").read_bytes()
+        assert info.value.errno == errno.ENOTCONN
+    assert_clean(inputs_dir)
+    assert child_pids() == before
+
+
+def test_fuse_mount_goes_away_when_the_caller_is_killed(inputs_dir: Path) -> None:
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).parents[2])!r})
+from pathlib import Path
+from pytest_ocibuild.build.fuse_inputs import FuseInputs
+from pytest_ocibuild.castore.memory import MemoryStore
+from tests.build.trees import put_tree
+store = MemoryStore()
+at = Path({str(inputs_dir)!r})
+with FuseInputs().provide(store, {{"t": put_tree(store, {{"f": b"x"}})}}, at):
+    print("ready", flush=True)
+    time.sleep(60)
+"""
+    caller = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert caller.stdout is not None
+        assert caller.stdout.readline() == b"ready\n"
+        assert (inputs_dir / "t/f").read_bytes() == b"x"
+        caller.kill()  # no cleanup code runs in the caller
+        caller.wait()
+        deadline = time.monotonic() + 10
+        while mount_at(inputs_dir) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert mount_at(inputs_dir) is None, "the FUSE server outlived its caller"
+    finally:
+        caller.kill()
+        caller.wait()
