@@ -12,7 +12,7 @@ import pytest
 from pytest_ocibuild.nix.derivation import Derivation, parse_drv
 
 FIXTURES = Path(__file__).parent / "fixtures"
-PROBES = Path(__file__).parents[2] / "pytest_ocibuild" / "nix" / "probes"
+PROBES = Path(__file__).parents[2] / "nix" / "probes"
 DRV_FILES = sorted(FIXTURES.glob("*.drv"))
 
 needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None,

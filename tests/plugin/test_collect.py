@@ -38,7 +38,7 @@ def test_marker_is_registered(pytester: pytest.Pytester) -> None:
         def test_x():
             pass
     """)
-    result = pytester.runpytest("--strict-markers", "-W", "error")
+    result = pytester.runpytest("--strict-markers", "-W", "error::pytest.PytestUnknownMarkWarning")
     result.assert_outcomes(passed=1)
     pytester.runpytest("--markers").stdout.fnmatch_lines(["@pytest.mark.ocibuild(timeout=None*"])
 
