@@ -6,6 +6,7 @@ Layout of ``bundle_dir``::
     inputs/                      empty; the input provider serves the inputs here
     root/                        read-only ``/``: etc/{passwd,group,hosts} + mount points
     scratch/<scratch_name(p)>/   one writable directory per scratch path p
+    caches/<name>                symlink to the build's clone of persistent cache <name>
 
 Scratch directories (and additional files) belong to the host ids that the build user
 (uid 1000, gid 100 in the container) maps to, read from the spec's ``uidMappings`` /
@@ -17,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,25 +102,41 @@ class BundleLayout:
         return self.host_path(output)
 
 
-def make_bundle(request: BuildRequest, spec: dict[str, Any], bundle_dir: Path) -> BundleLayout:
+def make_bundle(
+    request: BuildRequest,
+    spec: dict[str, Any],
+    bundle_dir: Path,
+    *,
+    cache_dirs: Mapping[str, Path] | None = None,
+) -> BundleLayout:
     """Write ``spec`` and the directory skeleton for ``request`` into ``bundle_dir``.
 
-    ``bundle_dir`` may exist but must not hold a bundle already. Raises BundleError.
+    ``cache_dirs`` maps each of ``request.caches``' names to the host directory (the build's
+    clone) that ``caches/<name>`` links to. ``bundle_dir`` may exist but must not hold a
+    bundle already. Raises BundleError.
     """
     layout = BundleLayout(Path(bundle_dir), request)
+    missing = {c.name for c in request.caches} - set(cache_dirs or {})
+    if missing:
+        raise BundleError(f"no directory given for cache(s) {', '.join(sorted(missing))}")
     try:
-        _make(layout, spec)
+        _make(layout, spec, cache_dirs or {})
     except OSError as e:
         raise BundleError(f"cannot create bundle in {bundle_dir}: {e}") from e
     return layout
 
 
-def _make(layout: BundleLayout, spec: dict[str, Any]) -> None:
+def build_owner(spec: dict[str, Any]) -> tuple[int, int]:
+    """Host ``(uid, gid)`` of the build user (container 1000:100) under ``spec``'s id maps."""
+    return _host_id(spec, "uidMappings", BUILD_UID), _host_id(spec, "gidMappings", BUILD_GID)
+
+
+def _make(layout: BundleLayout, spec: dict[str, Any], cache_dirs: Mapping[str, Path]) -> None:
     request = layout.request
     layout.bundle_dir.mkdir(parents=True, exist_ok=True)
     if layout.config_path.exists():
         raise BundleError(f"{layout.bundle_dir} already holds a bundle")
-    owner = (_host_id(spec, "uidMappings", BUILD_UID), _host_id(spec, "gidMappings", BUILD_GID))
+    owner = build_owner(spec)
     layout.inputs_dir.mkdir()
     etc = layout.root_dir / "etc"
     etc.mkdir(parents=True)
@@ -133,6 +150,11 @@ def _make(layout: BundleLayout, spec: dict[str, Any]) -> None:
     _make_mount_points(layout, spec.get("mounts", []))
     for f in request.additional_files:
         _write_additional(layout, f.path, f.contents, owner)
+    if request.caches:
+        (layout.bundle_dir / "caches").mkdir()
+        for c in request.caches:
+            # runc resolves the relative mount source here; the kernel follows the link
+            os.symlink(os.path.abspath(cache_dirs[c.name]), layout.bundle_dir / "caches" / c.name)
     # Last, so that a half-made bundle is never mistaken for a finished one.
     layout.config_path.write_text(json.dumps(spec, indent=2) + "\n")
 

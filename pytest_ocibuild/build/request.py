@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +85,27 @@ class AdditionalFile:
         check_clean_relative(self.path, "additional_files")
 
 
+CACHE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheMount:
+    """A persistent cache (OBuilder's ``(cache ...)``): ``name`` mounted writable at ``/<path>``.
+
+    ``name`` is letters, digits, ``._-`` (not starting with ``.``/``-``), at most 128 chars;
+    ``path`` is a clean relative path. The build works on a private clone of the cache's
+    latest snapshot (see build.caches).
+    """
+
+    name: str
+    path: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not CACHE_NAME.fullmatch(self.name):
+            raise InvalidRequest(f"caches: invalid cache name {self.name!r}")
+        check_clean_relative(self.path, f"caches.{self.name}")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Constraints:
     """Conditions the build host must satisfy; see build.proto BuildConstraints."""
@@ -119,10 +141,11 @@ class BuildRequest:
     constraints: Constraints = field(default_factory=Constraints)
     additional_files: tuple[AdditionalFile, ...] = ()  # sorted by path, unique
     refscan_needles: tuple[str, ...] = ()  # strings searched for in outputs
+    caches: tuple[CacheMount, ...] = ()  # sorted by name, unique names; see _check_caches
 
     def __post_init__(self) -> None:
         for name in ("command_args", "scratch_paths", "outputs", "environment_vars",
-                     "additional_files", "refscan_needles"):
+                     "additional_files", "refscan_needles", "caches"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         inputs = dict(self.inputs)
         names = tuple(inputs)
@@ -154,6 +177,27 @@ class BuildRequest:
         for needle in self.refscan_needles:
             if not needle:
                 raise InvalidRequest("refscan_needles: empty needle")
+        self._check_caches()
+
+    def _check_caches(self) -> None:
+        """Sorted unique names; no cache inside another, no scratch path or output inside a
+        cache, no overlap with inputs_dir (a cache may lie inside a scratch path)."""
+        if not all(isinstance(c, CacheMount) for c in self.caches):
+            raise InvalidRequest("caches: expected CacheMount entries")
+        _check_sorted_unique(tuple(c.name for c in self.caches), "caches")
+        for c in self.caches:
+            for other in self.caches:
+                if other is not c and is_path_prefix(c.path, other.path):
+                    raise InvalidRequest(f"caches: {other.name!r} is inside cache {c.name!r}")
+            inputs = self.inputs_dir
+            for p in self.scratch_paths:
+                if is_path_prefix(c.path, p):
+                    raise InvalidRequest(f"caches.{c.name}: scratch path {p!r} is inside it")
+            if is_path_prefix(c.path, inputs) or is_path_prefix(inputs, c.path):
+                raise InvalidRequest(f"caches.{c.name}: {c.path!r} overlaps inputs_dir")
+            for p in self.outputs:
+                if is_path_prefix(c.path, p):
+                    raise InvalidRequest(f"caches.{c.name}: output {p!r} is inside the cache")
 
     @property
     def env(self) -> dict[str, bytes]:
@@ -163,7 +207,7 @@ class BuildRequest:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (the YAML/JSON file format)."""
         c = self.constraints
-        return {
+        d: dict[str, Any] = {
             "inputs": {n: node_to_dict(node) for n, node in self.inputs.items()},
             "command_args": list(self.command_args),
             "working_dir": self.working_dir,
@@ -181,6 +225,9 @@ class BuildRequest:
             "additional_files": {f.path: _bytes_out(f.contents) for f in self.additional_files},
             "refscan_needles": list(self.refscan_needles),
         }
+        if self.caches:  # only when used, so requests without caches keep their digests
+            d["caches"] = {c.name: c.path for c in self.caches}
+        return d
 
     def canonical_json(self) -> bytes:
         """Deterministic JSON encoding (sorted keys, no whitespace)."""
@@ -209,6 +256,7 @@ class Build:
     exit_code: int = 0
     duration: float = 0.0  # seconds of runtime (runc run)
     log_path: str | None = None
+    cached: bool = False  # True: taken from the result cache, nothing ran
 
     def output(self, path: str) -> Node:
         """The node produced for output ``path`` (KeyError if not an output)."""
@@ -230,6 +278,7 @@ class Build:
             "exit_code": self.exit_code,
             "duration": round(self.duration, 3),
             "log": self.log_path,
+            "cached": self.cached,
         }
 
 

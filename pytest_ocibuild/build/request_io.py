@@ -13,6 +13,7 @@ import yaml
 from pytest_ocibuild.build.request import (
     AdditionalFile,
     BuildRequest,
+    CacheMount,
     Constraints,
     EnvVar,
 )
@@ -22,7 +23,7 @@ from pytest_ocibuild.errors import InvalidRequest, OcibuildError
 
 _FIELDS = {
     "inputs", "command_args", "working_dir", "scratch_paths", "inputs_dir", "outputs",
-    "environment_vars", "constraints", "additional_files", "refscan_needles",
+    "environment_vars", "constraints", "additional_files", "refscan_needles", "caches",
 }
 _CONSTRAINTS = {"system", "min_memory", "available_ro_paths", "network_access", "provide_bin_sh"}
 
@@ -121,6 +122,11 @@ def request_from_dict(
                 kwargs[key] = data[key]
         if "scratch_paths" in data:
             kwargs["scratch_paths"] = _list(data, "scratch_paths")
+        caches = _mapping(data, "caches")  # name -> path in the sandbox
+        if caches:
+            kwargs["caches"] = tuple(CacheMount(str(n), p if isinstance(p, str) else repr(p))
+                                     for n, p in sorted(caches.items(),
+                                                        key=lambda kv: str(kv[0]).encode()))
         return BuildRequest(
             inputs={str(n): node_from_dict(v, f"inputs.{n}", ingest=ingest, base=base)
                     for n, v in _mapping(data, "inputs").items()},

@@ -5,15 +5,17 @@ bundle directory (runc resolves relative ``root.path`` and bind-mount sources ag
 
 - ``root/``: the read-only skeleton mounted at ``/`` (see bundle.make_bundle);
 - ``inputs/``: where the input provider serves the request's inputs;
-- ``scratch/<scratch_name(p)>/``: one writable directory per scratch path ``p``.
+- ``scratch/<scratch_name(p)>/``: one writable directory per scratch path ``p``;
+- ``caches/<name>``: the build's private writable clone of persistent cache ``name``.
 
 Mount order (later mounts cover earlier ones): runtime defaults, ``/tmp``, scratch paths
-(parents before children, as ``scratch_paths`` is sorted), inputs, read-only host paths,
-``/bin/sh``, network files. When ``inputs_dir`` is a scratch path or lies inside one (Nix:
-both are ``nix/store``), each input is bound read-only on its own at ``/<inputs_dir>/<name>``
-on top of the writable scratch mount, so the build may add entries next to its inputs but
-cannot change them (tvix does this for every input); symlink inputs are not bound (runc
-would follow them on the host) but created as symlinks in the scratch directory.
+(parents before children, as ``scratch_paths`` is sorted), caches (by path), inputs,
+read-only host paths, ``/bin/sh``, network files. When ``inputs_dir`` is a scratch path or
+lies inside one (Nix: both are ``nix/store``), each input is bound read-only on its own at
+``/<inputs_dir>/<name>`` on top of the writable scratch mount, so the build may add entries
+next to its inputs but cannot change them (tvix does this for every input); symlink inputs are
+not bound (runc would follow them on the host) but created as symlinks in the scratch
+directory.
 Otherwise ``inputs/`` is bound as a whole, read-only, at ``/<inputs_dir>``. A scratch path
 strictly inside ``inputs_dir`` is refused: its mount point would have to be created inside
 the read-only inputs.
@@ -188,6 +190,10 @@ def make_mounts(
     mounts.append(_mount("tmpfs", "/tmp", "tmpfs", ["nosuid", "nodev", "noatime", "mode=1777"]))
     for p in request.scratch_paths:
         mounts.append(_mount(f"scratch/{scratch_name(p)}", "/" + p, "none", ["rbind", "rw"]))
+    for cache in sorted(request.caches, key=lambda c: c.path.encode()):
+        # bundle.make_bundle links caches/<name> to the build's private clone of the cache
+        mounts.append(_mount(f"caches/{cache.name}", "/" + cache.path, "none",
+                             ["rbind", "rw", "nosuid", "nodev"]))
     # "nosuid" (and "nodev") are required in a user namespace, otherwise the bind fails with
     # a generic permission error.
     ro_input = ["rbind", "ro", "nosuid", "nodev"]

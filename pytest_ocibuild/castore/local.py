@@ -27,6 +27,7 @@ from pytest_ocibuild.castore.nodes import Directory
 from pytest_ocibuild.errors import StoreError
 
 _HEX = frozenset("0123456789abcdef")
+_LAZY = 1 << 20  # blobs up to this size are buffered before any staging file exists
 _STAGING_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
@@ -210,11 +211,17 @@ class LocalStore:
 
 
 class _LocalWriter:
-    """Streams a blob into a private staging file, hashing as it goes."""
+    """Streams a blob into a private staging file, hashing as it goes.
+
+    The first ``_LAZY`` bytes are held in memory and the staging file is only created once
+    the blob outgrows them or turns out to be new, so re-storing a small blob that is already
+    present touches nothing on disk.
+    """
 
     def __init__(self, store: LocalStore) -> None:
         self._store = store
-        self._fd, self._path = store._staging("blob")
+        self._fd, self._path = -1, ""
+        self._head = bytearray()
         self._hash = hasher()
         self._done = False
 
@@ -222,11 +229,22 @@ class _LocalWriter:
         if self._done:
             raise ValueError("blob writer already finished")
         self._hash.update(chunk)
+        if self._fd < 0 and len(self._head) + len(chunk) <= _LAZY:
+            self._head += chunk
+            return
         try:
+            self._spill()
             _write_all(self._fd, chunk)
         except OSError as e:
             self.abort()
             raise StoreError(f"{self._path}: cannot write blob: {e.strerror}") from e
+
+    def _spill(self) -> None:
+        """Create the staging file (once) and flush the in-memory head to it."""
+        if self._fd < 0:
+            self._fd, self._path = self._store._staging("blob")
+            _write_all(self._fd, self._head)
+            self._head = bytearray()
 
     def commit(self) -> Digest:
         if self._done:
@@ -235,13 +253,12 @@ class _LocalWriter:
         digest = Digest(self._hash.digest())
         target = self._store._blob_file(digest)
         try:
-            if os.path.exists(target):  # already stored: skip the fsync
-                os.close(self._fd)
-                self._fd = -1
-                os.unlink(self._path)
+            if os.path.exists(target):  # already stored: nothing to write or fsync
+                self._cleanup()
                 return digest
-            self._store._finish(self._fd, 0o444)
-            self._fd = -1
+            self._spill()
+            fd, self._fd = self._fd, -1
+            self._store._finish(fd, 0o444)
             self._store._install(self._path, target)
         except BaseException as e:
             self._cleanup()
@@ -255,10 +272,12 @@ class _LocalWriter:
         self._cleanup()
 
     def _cleanup(self) -> None:
+        self._head = bytearray()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        _unlink_quiet(self._path)
+        if self._path:
+            _unlink_quiet(self._path)
 
     def __enter__(self) -> _LocalWriter:
         return self

@@ -38,8 +38,15 @@ class CaseFile(pytest.File):
             if isinstance(case, BadCase):
                 yield InvalidCaseItem.from_parent(self, name=case.name, message=case.message,
                                                   line=case.line)
-            else:
-                yield CaseItem.from_parent(self, name=case.name, case=case)
+                continue
+            item: pytest.Item
+            try:
+                item = CaseItem.from_parent(self, name=case.name, case=case)
+            except pytest.fail.Exception as e:  # an unregistered mark under --strict-markers
+                message = f"{case.path}:{case.line}: case {case.name!r}: {e.msg}"
+                item = InvalidCaseItem.from_parent(self, name=case.name, message=message,
+                                                   line=case.line)
+            yield item
 
 
 class CaseFailure(Exception):

@@ -69,6 +69,23 @@ def test_writer_abort_leaves_nothing(store: Store) -> None:
     _assert_no_staging(store)
 
 
+def test_large_writer_abort_leaves_nothing(store: Store) -> None:
+    big = os.urandom(3 << 20)  # beyond LocalStore's in-memory head: a staging file exists
+    w = store.blob_writer()
+    w.write(big[: 2 << 20])
+    w.write(big[2 << 20 :])
+    if isinstance(store, LocalStore):
+        assert len(store.staging_files()) == 1
+    w.abort()
+    assert not store.has_blob(Digest.of(big))
+    _assert_no_staging(store)
+    with store.blob_writer() as w2:
+        w2.write(big)
+        assert w2.commit() == Digest.of(big)
+    assert read_blob(store, Digest.of(big)) == big
+    _assert_no_staging(store)
+
+
 def test_context_manager_abort_on_exception(store: Store) -> None:
     with pytest.raises(RuntimeError, match="boom"), store.blob_writer() as w:
         w.write(b"doomed")

@@ -126,3 +126,10 @@ def test_a_malformed_file_is_one_failing_item(pytester: pytest.Pytester) -> None
 )
 def test_glob_regex(glob: str, path: str, matches: bool) -> None:
     assert bool(glob_regex(glob).fullmatch(path)) is matches
+
+
+def test_unregistered_case_mark_under_strict_markers(pytester: pytest.Pytester) -> None:
+    write_cases(pytester, TWO_CASES)
+    result = pytester.runpytest("--strict-markers", "-k", "second")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["invalid case: *demo.yaml:3: case 'second': *'slow' not found*"])
