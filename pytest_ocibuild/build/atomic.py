@@ -21,6 +21,7 @@ import fcntl
 import itertools
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,3 +176,30 @@ def older_than(path: Path, seconds: float) -> bool:
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             return False
         raise
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a tree even where a build left read-only directories (missing is fine)."""
+
+    def onerror(func: object, p: str, _exc: object) -> None:
+        parent = os.path.dirname(p)
+        for target in (parent, p):
+            try:
+                st = os.lstat(target)
+                if stat.S_ISDIR(st.st_mode):
+                    os.chmod(target, st.st_mode | stat.S_IRWXU)
+            except OSError:
+                pass
+        try:
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, onerror=onerror)
+            else:
+                os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+    if os.path.lexists(path):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, onerror=onerror)
+        else:
+            os.unlink(path)

@@ -1,28 +1,50 @@
-"""Executor: request -> spec -> bundle -> inputs -> runc -> ingest outputs -> refscan -> Build."""
+"""Executor: request -> spec -> bundle -> inputs -> runc -> ingest outputs -> refscan -> Build.
+
+With a ResultStore the executor is a cache in front of that pipeline: a finished build is
+recorded under its request digest and a later request with the same digest returns the
+recorded Build (``cached=True``) without running anything. Identical builds asked for at the
+same time, by threads or processes sharing the store, run once: the first takes the key's lock,
+the others wait on it and then find the record (single flight). Failures are recorded only
+with ``cache_failures`` (exit-code and missing-output failures; timeouts never). Each build's
+log is kept in the ResultStore whatever the outcome (``ocibuild log KEY``).
+
+Commit order: outputs are ingested (content-addressed, each object renamed into place), then
+the log is saved, then the record is written, so a crash at any point leaves either no record
+or a record whose objects are all present; ``purge`` removes the rest.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
-import stat
 import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pytest_ocibuild.build.bundle import make_bundle
+from pytest_ocibuild.build.atomic import file_lock, remove_tree
+from pytest_ocibuild.build.bundle import build_owner, make_bundle
+from pytest_ocibuild.build.caches import CacheStore
 from pytest_ocibuild.build.ids import IdMaps
 from pytest_ocibuild.build.inputs import InputProvider, open_input_provider
 from pytest_ocibuild.build.refscan import scan_path
 from pytest_ocibuild.build.request import Build, BuildRequest
+from pytest_ocibuild.build.results import CacheStats, Record, ResultStore, check_outputs_present
 from pytest_ocibuild.build.runtime import Runtime, open_runtime
 from pytest_ocibuild.build.slots import Slots
 from pytest_ocibuild.build.spec import host_network_files, make_spec
 from pytest_ocibuild.castore.ingest import ingest_path
 from pytest_ocibuild.castore.nodes import Node
 from pytest_ocibuild.castore.store import Store, open_store
-from pytest_ocibuild.errors import BuildFailed, RuntimeUnavailable
+from pytest_ocibuild.errors import BuildFailed, BundleError, RuntimeUnavailable
 
-CONTAINER_PREFIX = "ocibuild-"
+if TYPE_CHECKING:
+    from pytest_ocibuild.build.lifecycle import PurgeReport
+
+CONTAINER_PREFIX = "ocibuild-"  # containers and bundles: ocibuild-<pid>-<n>-<digest12>
+CACHEABLE_FAILURES = ("exit-code", "missing-output")
 LOG_TAIL_LINES = 25
 _counter = itertools.count()
 
@@ -40,32 +62,13 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES, max_bytes: int = 64 * 1024
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
-def remove_tree(path: Path) -> None:
-    """Delete a bundle even where the build left read-only directories."""
-
-    def onerror(func: object, p: str, _exc: object) -> None:
-        parent = os.path.dirname(p)
-        for target in (parent, p):
-            try:
-                st = os.lstat(target)
-                if stat.S_ISDIR(st.st_mode):
-                    os.chmod(target, st.st_mode | stat.S_IRWXU)
-            except OSError:
-                pass
-        try:
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p, onerror=onerror)
-            else:
-                os.unlink(p)
-        except FileNotFoundError:
-            pass
-
-    if path.exists() or path.is_symlink():
-        shutil.rmtree(path, onerror=onerror)
-
-
 class Executor:
-    """Runs BuildRequests in OCI containers over a castore; thread-safe."""
+    """Runs BuildRequests in OCI containers over a castore; thread-safe.
+
+    ``results``: the result cache (None: every build runs). ``cache``: look results up
+    (False: always run, still record). ``caches``: persistent caches for ``request.caches``.
+    ``stats`` counts hits, misses and the time hits saved.
+    """
 
     def __init__(
         self,
@@ -78,6 +81,10 @@ class Executor:
         timeout: float | None = None,
         max_parallel: int | None = None,
         id_maps: IdMaps | None = None,
+        results: ResultStore | None = None,
+        caches: CacheStore | None = None,
+        cache: bool = True,
+        cache_failures: bool = False,
     ) -> None:
         self.store = store
         self.inputs = inputs
@@ -86,6 +93,11 @@ class Executor:
         self.keep_bundles = keep_bundles
         self.timeout = timeout
         self.max_parallel = max_parallel or os.cpu_count() or 1
+        self.results = results
+        self.caches = caches
+        self.cache = cache
+        self.cache_failures = cache_failures
+        self.stats = CacheStats()
         self._id_maps = id_maps
         self._slots = Slots(self.bundle_root / "slots", self.max_parallel)
         self._lock = threading.Lock()
@@ -102,13 +114,100 @@ class Executor:
         """The OCI config.json a build of ``request`` uses."""
         return make_spec(request, id_maps=self.id_maps, network_files=host_network_files())
 
+    def purge(self) -> PurgeReport:
+        """Remove what crashed runs left (their containers, mounts, bundles, staging, locks)."""
+        from pytest_ocibuild.build.lifecycle import purge
+
+        return purge(store_root=self.results.root if self.results else None,
+                     bundle_root=self.bundle_root, runtime=self.runtime)
+
     def build(
-        self, request: BuildRequest, *, timeout: float | None = None, log: Path | None = None
+        self,
+        request: BuildRequest,
+        *,
+        timeout: float | None = None,
+        log: Path | None = None,
+        cache: bool | None = None,
     ) -> Build:
-        """Run ``request``; return the Build or raise BuildFailed / RuntimeUnavailable."""
+        """Build ``request`` (or return its recorded Build); raise BuildFailed on failure.
+
+        ``cache`` overrides the executor's setting for this call. ``log``: where the build's
+        output goes (on a hit: a copy of the recorded log). RuntimeUnavailable if runc cannot
+        run here.
+        """
+        results = self.results
+        if results is None:
+            return self._run(request, timeout, log)
+        use = self.cache if cache is None else cache
+        key = request.digest.hex
+        start = time.monotonic()
+        if use and (hit := self._lookup(request, key, log, start)) is not None:
+            return hit
+        with results.lock(key) if use else contextlib.nullcontext():
+            if use and (hit := self._lookup(request, key, log, start)) is not None:
+                return hit  # an identical build finished while we waited
+            self.stats.miss()
+            from pytest_ocibuild.build.gc import gc_lock_path
+
+            with file_lock(gc_lock_path(results.root), shared=True):
+                began = time.monotonic()
+                try:
+                    build = self._run(request, timeout, log, results=results)
+                except BuildFailed as e:
+                    if self.cache_failures and e.reason in CACHEABLE_FAILURES:
+                        results.put(Record(
+                            key=key, ok=False, exit_code=e.exit_code or 0, reason=e.reason,
+                            message=e.message, elapsed=time.monotonic() - began,
+                            created=time.time()))
+                    raise
+                results.put(Record.of_build(build, elapsed=time.monotonic() - began))
+        return build
+
+    def _lookup(
+        self, request: BuildRequest, key: str, log: Path | None, start: float
+    ) -> Build | None:
+        """The recorded outcome of ``key``: a Build, a raised BuildFailed, or None (miss)."""
+        assert self.results is not None
+        record = self.results.get(key, touch=True)
+        if record is None or (not record.ok and not self.cache_failures):
+            return None
+        if record.ok and not check_outputs_present(self.store, record):
+            return None
+        stored = self.results.log_path(key)
+        log_path: str | None = str(stored) if stored.exists() else None
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.copyfile(stored, log)
+            except FileNotFoundError:
+                log.write_bytes(b"")
+            log_path = str(log)
+        self.stats.hit(record.elapsed - (time.monotonic() - start))
+        if not record.ok:
+            raise BuildFailed(
+                f"{record.message} (cached failure)", reason=record.reason,
+                detail=log_tail(Path(log_path)) if log_path else "",
+                exit_code=record.exit_code if record.reason == "exit-code" else None,
+                log_path=log_path)
+        try:
+            return record.to_build(request, log_path=log_path)
+        except ValueError:
+            return None
+
+    def _run(
+        self,
+        request: BuildRequest,
+        timeout: float | None,
+        log: Path | None,
+        *,
+        results: ResultStore | None = None,
+    ) -> Build:
+        """Run the build for real; keep its log in ``results`` whatever the outcome."""
         reason = self.runtime.unavailable_reason()
         if reason:
             raise RuntimeUnavailable(reason)
+        if request.caches and self.caches is None:
+            raise BundleError("the request uses caches but this executor has no cache store")
         spec = self.spec(request)
         timeout = timeout if timeout is not None else self.timeout
         cid = f"{CONTAINER_PREFIX}{os.getpid()}-{next(_counter)}-{request.digest.hex[:12]}"
@@ -116,9 +215,12 @@ class Executor:
         log_path = log or self.bundle_root / "logs" / f"{cid}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_bytes(b"")
-        with self._slots.acquire():
+        with self._slots.acquire(), contextlib.ExitStack() as stack:
+            clones = {c.name: stack.enter_context(self.caches.use(  # type: ignore[union-attr]
+                c.name, owner=build_owner(spec))) for c in request.caches}
             try:
-                layout = make_bundle(request, spec, bundle_dir)
+                layout = make_bundle(request, spec, bundle_dir,
+                                     cache_dirs={n: c.path for n, c in clones.items()})
                 with self.inputs.provide(self.store, request.inputs, layout.inputs_dir):
                     status = self.runtime.run(bundle_dir, cid, log=log_path, timeout=timeout)
                 if status.timed_out:
@@ -136,6 +238,11 @@ class Executor:
             finally:
                 if not self.keep_bundles:
                     remove_tree(bundle_dir)
+                if results is not None:
+                    with contextlib.suppress(OSError):
+                        results.save_log(request.digest.hex, log_path)
+            for clone in clones.values():
+                clone.commit()  # the build succeeded: keep its cache unless one moved on
         return Build(
             request=request, outputs=nodes, outputs_needles=needles,
             exit_code=status.code, duration=status.duration, log_path=str(log_path),
@@ -178,16 +285,33 @@ def open_executor(
     keep_bundles: bool = False,
     timeout: float | None = None,
     max_parallel: int | None = None,
+    cache: bool = True,
+    cache_failures: bool = False,
+    purge: bool = True,
 ) -> Executor:
-    """An Executor from plain settings (the CLI and the pytest plugin use this)."""
-    store_dir = Path(store) if store is not None else default_store_dir()
-    root = bundle_root or store_dir.parent / "bundles"
-    return Executor(
-        open_store(store_dir),
+    """An Executor from plain settings (the CLI and the pytest plugin use this).
+
+    A directory store gets a ResultStore and a CacheStore beside it (``memory://`` gets
+    neither). ``cache=False`` forces rebuilds (results are still recorded). ``purge`` first
+    removes what crashed runs left in the store and under ``bundle_root`` (see lifecycle).
+    """
+    text = str(store) if store is not None else str(default_store_dir())
+    on_disk = not text.startswith("memory://")
+    store_dir = Path(text[len("local://"):] if text.startswith("local://") else text)
+    root = bundle_root or (store_dir if on_disk else default_store_dir()).parent / "bundles"
+    executor = Executor(
+        open_store(text),
         inputs=open_input_provider(inputs),
         runtime=open_runtime(runtime, state_dir=root / "runc-state"),
         bundle_root=root,
         keep_bundles=keep_bundles,
         timeout=timeout,
         max_parallel=max_parallel,
+        results=ResultStore(store_dir) if on_disk else None,
+        caches=CacheStore(store_dir) if on_disk else None,
+        cache=cache,
+        cache_failures=cache_failures,
     )
+    if purge:
+        executor.purge()
+    return executor

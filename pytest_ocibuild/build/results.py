@@ -200,7 +200,7 @@ class ResultStore:
         with file_lock(self.locks_dir / f"{key}.lock"):
             yield
 
-    def keys(self) -> Iterator[str]:
+    def record_keys(self) -> Iterator[str]:
         """Every recorded key."""
         yield from _keys(self.results_dir, ".json")
 
@@ -209,7 +209,7 @@ class ResultStore:
         yield from _keys(self.logs_dir, ".log")
 
     def records(self) -> Iterator[Record]:
-        for key in self.keys():
+        for key in self.record_keys():
             record = self.get(key)
             if record is not None:
                 yield record
@@ -226,7 +226,7 @@ class ResultStore:
         prefix = prefix.lower()
         if not prefix or not set(prefix) <= _HEX:
             raise InvalidRequest(f"{prefix!r} is not a build key (hex request digest)")
-        found = {k for k in (*self.keys(), *self.log_keys()) if k.startswith(prefix)}
+        found = {k for k in (*self.record_keys(), *self.log_keys()) if k.startswith(prefix)}
         if not found:
             raise InvalidRequest(f"no build {prefix!r} in {self.root}")
         if len(found) > 1:

@@ -1,4 +1,8 @@
-"""Plugin tests drive whole pytest runs through pytester."""
+"""Plugin tests drive whole pytest runs through pytester.
+
+The ``pytester`` plugin itself is enabled in tests/conftest.py: pytest refuses
+``pytest_plugins`` in a conftest below the top level when collecting from ``tests/``.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-pytest_plugins = "pytester"
 
 BUSYBOX = "/bin/busybox"
 
@@ -26,3 +28,13 @@ def needs_runc() -> None:
     missing = [tool for tool in ("runc", BUSYBOX) if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"needs {', '.join(missing)} (apt-get install runc busybox-static)")
+
+
+@pytest.fixture(autouse=True)
+def _not_an_xdist_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs started by pytester are not xdist workers, even when this test runs in one.
+
+    syrupy (and xdist) read these variables to decide whether they run in a worker.
+    """
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)

@@ -124,5 +124,5 @@ def test_bad_case_name(tmp_path: Path) -> None:
 def test_parse_tree_notation() -> None:
     tree = parse_tree({"a/b": "x", "e": {"dir": True}, "s": {"symlink": "a"}})
     assert {k: v.kind for k, v in tree.items()} == {"a/b": "file", "e": "dir", "s": "symlink"}
-    with pytest.raises(CaseError, match="tree: ../x: path: '../x' is not a clean path"):
+    with pytest.raises(CaseError, match=re.escape("tree: ../x: path: '../x' is not a clean path")):
         parse_tree({"../x": "y"})

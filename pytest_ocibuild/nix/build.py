@@ -1,0 +1,228 @@
+"""NixBuilder: build a derivation and its closure in the OCI sandbox, as ``nix-build`` would.
+
+For each derivation of the closure, dependencies first (in parallel up to the executor's
+limit, each once): reuse its recorded result, or resolve it (content-addressed inputs),
+check that this machine can build it, bring its input sources into the castore, turn it into
+a BuildRequest (``to_request``), run it, and register its outputs (``register``). Nothing is
+written to ``/nix/store``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from pytest_ocibuild.build.bundle import scratch_name
+from pytest_ocibuild.build.executor import Executor
+from pytest_ocibuild.errors import BuildFailed, NixError, StoreError
+from pytest_ocibuild.nix import nixbase32
+from pytest_ocibuild.nix.ca import name_needles
+from pytest_ocibuild.nix.closure import DrvGraph, PathInfo, SourceCache, closure
+from pytest_ocibuild.nix.derivation import Derivation
+from pytest_ocibuild.nix.drv_hash import derivation_path, derivation_type, hash_derivation_modulo
+from pytest_ocibuild.nix.hashes import sha256
+from pytest_ocibuild.nix.register import chroot_path, register_outputs
+from pytest_ocibuild.nix.store_path import STORE_DIR, StorePath, make_output_path
+from pytest_ocibuild.nix.to_request import (
+    NixSettings,
+    check_platform,
+    derivation_to_request,
+    rewrite_strings,
+    scratch_paths,
+)
+
+Outputs = dict[str, PathInfo]
+
+
+def downstream_placeholder(drv_path: str, output: str) -> str:
+    """Nix ``downstreamPlaceholder``: stands for an output of a not yet built CA input."""
+    sp = StorePath.from_absolute(drv_path)
+    name = sp.name.removesuffix(".drv")
+    text = f"nix-upstream-output:{sp.hash_part}:{name if output == 'out' else f'{name}-{output}'}"
+    return "/" + nixbase32.encode(sha256(text.encode()))
+
+
+def needs_resolving(drv: Derivation) -> bool:
+    """Deferred derivations and floating ones with input derivations are resolved first."""
+    return bool(drv.input_drvs) and derivation_type(drv) in ("deferred", "floating", "impure")
+
+
+def resolve(drv: Derivation, built: Mapping[str, Outputs]) -> Derivation:
+    """Nix ``Derivation::tryResolve``: input derivations replaced by their output paths."""
+    rewrites: dict[bytes, bytes] = {}
+    srcs = set(drv.input_srcs)
+    for dep, outs in drv.input_drvs.items():
+        for o in outs:
+            path = built[dep][o].path
+            rewrites[downstream_placeholder(dep, o).encode()] = path.encode()
+            srcs.add(path)
+
+    def rw(s: str) -> str:
+        return rewrite_strings(s.encode(), rewrites).decode()
+
+    env = {rw(k): rewrite_strings(v, rewrites) for k, v in drv.env.items()}
+    resolved = Derivation(outputs=drv.outputs, input_drvs={}, input_srcs=tuple(srcs),
+                          system=drv.system, builder=rw(drv.builder),
+                          args=tuple(rw(a) for a in drv.args), env=env)
+    deferred = [o for o, out in drv.outputs.items() if not out.path and not out.hash_algo]
+    if deferred:
+        hashes = hash_derivation_modulo(resolved, _no_inputs, mask_outputs=True).hashes
+        outputs = dict(resolved.outputs)
+        for o in deferred:
+            path = make_output_path(o, hashes[o], resolved.name).absolute
+            outputs[o] = outputs[o]._replace(path=path)
+            env[o] = path.encode()
+        resolved = Derivation(outputs=outputs, input_drvs={}, input_srcs=resolved.input_srcs,
+                              system=resolved.system, builder=resolved.builder,
+                              args=resolved.args, env=env)
+    return resolved
+
+
+def _no_inputs(drv_path: str) -> Derivation:
+    raise NixError(f"resolved derivation has no inputs, yet {drv_path} was asked for")
+
+
+class NixBuilder:
+    """Builds derivations with an Executor; results are kept by derivation under ``state``."""
+
+    def __init__(self, executor: Executor, state: Path, *, settings: NixSettings,
+                 progress: Callable[[str], None] | None = None,
+                 store_root: str | Path = "/") -> None:
+        from pytest_ocibuild.nix.results import DrvResults
+
+        self.executor = executor
+        self.settings = settings
+        self.sources = SourceCache(executor.store, Path(state) / "srcs", store_root=store_root)
+        self.results = DrvResults(executor.store, Path(state) / "drvs")
+        self.progress = progress
+        self.store_root = store_root
+        self._lock = threading.Lock()
+
+    def build(self, drv_path: str) -> Outputs:
+        """Build ``drv_path`` and everything it needs; its outputs by name."""
+        graph = DrvGraph(drv_path, self.store_root)
+        built: dict[str, Outputs] = {}
+        for p in graph.order:
+            recorded = self.results.get(p)
+            if recorded is not None:
+                built[p] = recorded
+        todo = [p for p in graph.order if p not in built]
+        waiting = {p: {d for d in graph.drvs[p].input_drvs if d not in built} for p in todo}
+        dependents = graph.dependents()
+        left = len(todo)
+        with ThreadPoolExecutor(max_workers=max(1, self.executor.max_parallel),
+                                thread_name_prefix="nix-build") as pool:
+            running: dict[Future[Outputs], str] = {}
+            ready = [p for p in todo if not waiting[p]]
+            try:
+                while ready or running:
+                    for p in ready:
+                        self._say(f"building '{p}' ({left} left)")
+                        running[pool.submit(self.build_one, p, graph.drvs[p], built)] = p
+                    ready = []
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in sorted(done, key=lambda f: running[f]):
+                        p = running.pop(fut)
+                        built[p] = fut.result()
+                        left -= 1
+                        for q in sorted(dependents[p]):
+                            if q in waiting and p in waiting[q]:
+                                waiting[q].discard(p)
+                                if not waiting[q]:
+                                    ready.append(q)
+            except BaseException:
+                for fut in running:
+                    fut.cancel()
+                raise
+        return built[drv_path]
+
+    def _say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress(text)
+
+    def build_one(self, drv_path: str, drv: Derivation, built: Mapping[str, Outputs]) -> Outputs:
+        """Build one derivation whose input derivations are in ``built``."""
+        cached = self.results.get(drv_path)
+        if cached is not None:
+            return cached
+        if needs_resolving(drv):
+            resolved = resolve(drv, built)
+            rpath = derivation_path(resolved).absolute
+            outputs = self.results.get(rpath) or self._run(rpath, resolved, {})
+            self.results.put(rpath, outputs)
+        else:
+            outputs = self._run(drv_path, drv, built)
+        self.results.put(drv_path, outputs)
+        return outputs
+
+    def _run(self, drv_path: str, drv: Derivation, built: Mapping[str, Outputs]) -> Outputs:
+        check_platform(drv, drv_path, self.settings)
+        ours: dict[str, PathInfo] = {}
+        for dep_outputs in built.values():
+            for info in dep_outputs.values():
+                ours[info.path] = info
+        roots = [built[d][o].path for d, outs in drv.input_drvs.items() for o in outs]
+        srcs = [p for p in drv.input_srcs if p not in ours]
+        infos = {**self.sources.get(srcs), **ours}
+        for p in [p for p in drv.input_srcs if p in ours]:
+            roots.append(p)
+        inputs = {p: infos[p] for p in closure([*roots, *drv.input_srcs], infos)}
+        scratch = scratch_paths(drv, drv_path)
+        request = derivation_to_request(drv, drv_path, inputs, settings=self.settings,
+                                        scratch=scratch)
+        try:
+            build = self.executor.build(request)
+        except BuildFailed as e:
+            raise _nix_failure(e, drv_path, scratch) from None
+        except StoreError as e:
+            raise _nix_store_failure(e, drv_path) from None
+        nodes, found = {}, {}
+        for o, p in scratch.items():
+            rel = p.lstrip("/")
+            nodes[o] = build.output(rel)
+            found[o] = set(build.references(rel)) | name_needles(
+                self.executor.store, nodes[o], request.refscan_needles)
+        return register_outputs(self.executor.store, drv, drv_path, scratch, nodes, found,
+                                inputs)
+
+
+def _nix_failure(e: BuildFailed, drv_path: str, scratch: Mapping[str, str]) -> BuildFailed:
+    if e.reason == "exit-code":
+        msg = f"builder for '{drv_path}' failed with exit code {e.exit_code}"
+    elif e.reason == "missing-output":
+        m = re.search(r"output '([^']+)'", e.message)
+        path = "/" + m.group(1) if m else ""
+        name = next((o for o, p in sorted(scratch.items()) if p == path), "out")
+        msg = (f"builder for '{drv_path}' failed to produce output path for output '{name}' "
+               f"at '{chroot_path(drv_path, scratch.get(name, path))}'")
+    else:
+        msg = f"builder for '{drv_path}': {e.message}"
+    return BuildFailed(msg, reason=e.reason, detail=e.detail, exit_code=e.exit_code,
+                       log_path=e.log_path)
+
+
+def _nix_store_failure(e: StoreError, drv_path: str) -> BuildFailed:
+    if e.reason == "unsupported-file-type":
+        host = e.message.split(": is ", 1)[0]
+        marker = f"/scratch/{scratch_name(STORE_DIR.lstrip('/'))}"
+        rest = host.split(marker, 1)[1] if marker in host else host
+        return BuildFailed(f"file '{chroot_path(drv_path, STORE_DIR + rest)}' has an "
+                           "unsupported type", reason="output-invalid")
+    return BuildFailed(f"builder for '{drv_path}': {e.message}", reason=e.reason)
+
+
+def result_json(drv_path: str, outputs: Outputs) -> dict[str, Any]:
+    """The ``--json`` document of ``ocibuild nix-build``."""
+    return {"drvPath": drv_path, "outputs": {
+        o: {"path": i.path, "narHash": i.nar_hash.sri, "narSize": i.nar_size,
+            "references": list(i.references)} for o, i in sorted(outputs.items())}}
+
+
+def print_progress(text: str) -> None:
+    """Progress lines on stderr."""
+    print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,97 @@
+"""``ocibuild nix-build``: the sub-command's arguments and handler (registered by ``cli``).
+
+    ocibuild nix-build [--store DIR] [--json] [--export DIR]
+                       (DRV | FILE.nix [-A ATTR] [--arg N EXPR] [--argstr N S])
+
+With ``--json`` stdout is one object ``{"drvPath", "outputs": {name: {"path", "narHash",
+"narSize", "references"}}}``; otherwise the output paths, one a line, like ``nix-build``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pytest_ocibuild.errors import NixError
+
+
+def add_nix_build(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+                  executor_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register ``nix-build`` on the ``ocibuild`` sub-parsers."""
+    p = sub.add_parser("nix-build", help="build a Nix derivation in the OCI sandbox")
+    p.add_argument("target", help="a /nix/store/….drv path or a .nix file")
+    p.add_argument("-A", "--attr", dest="attr", help="attribute of the .nix file to build")
+    p.add_argument("--arg", nargs=2, action="append", default=[], metavar=("NAME", "EXPR"))
+    p.add_argument("--argstr", nargs=2, action="append", default=[], metavar=("NAME", "STR"))
+    p.add_argument("--export", type=Path, help="materialise the outputs under this directory")
+    p.add_argument("--cores", type=int, help="NIX_BUILD_CORES (default: Nix's cores setting)")
+    p.add_argument("--jobs", "-j", type=int, help="derivations built at once")
+    executor_args(p)
+    p.set_defaults(handler=cmd_nix_build)
+
+
+def settings_from_nix() -> object:
+    """NixSettings from nix.conf/$NIX_CONFIG (cores, system, extra-platforms, features)."""
+    from pytest_ocibuild.nix.evaluate import nix_settings
+    from pytest_ocibuild.nix.to_request import DEFAULT_FEATURES, NixSettings
+
+    conf = nix_settings()
+    features = set(conf["system-features"].split()) if "system-features" in conf else set(
+        DEFAULT_FEATURES | ({"kvm"} if os.access("/dev/kvm", os.R_OK | os.W_OK) else set()))
+    if "ca-derivations" in conf.get("experimental-features", "").split():
+        features.add("ca-derivations")
+    cores = int(conf.get("cores", "0") or 0) or os.cpu_count() or 1
+    platforms = set(conf.get("extra-platforms", "i686-linux").split())
+    return NixSettings(cores=cores, system=conf.get("system", "x86_64-linux"),
+                       extra_platforms=frozenset(platforms), features=frozenset(features),
+                       environ=dict(os.environ))
+
+
+def cmd_nix_build(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pytest_ocibuild.build.executor import default_store_dir, open_executor
+    from pytest_ocibuild.castore.ingest import export
+    from pytest_ocibuild.nix.build import NixBuilder, print_progress, result_json
+    from pytest_ocibuild.nix.evaluate import instantiate
+
+    store_dir = Path(args.store) if args.store else default_store_dir()
+    state = store_dir.parent / "nix"
+    target = args.target
+    store_root: Path | str = "/"
+    if target.endswith(".drv"):
+        if args.attr or args.arg or args.argstr:
+            raise NixError("-A, --arg and --argstr apply to .nix files, not to a .drv")
+        drv_path = os.path.realpath(target) if not target.startswith("/nix/store/") else target
+    else:
+        # evaluated into a private store: /nix/store is left alone, even the .drv files
+        store_root = state / "eval-store"
+        store_root.mkdir(parents=True, exist_ok=True)
+        drv_path = instantiate(target, attr=args.attr, args=dict(args.arg),
+                               argstrs=dict(args.argstr), store_root=store_root)
+    executor = open_executor(store=store_dir, runtime=args.runtime, inputs=args.inputs,
+                             keep_bundles=args.keep_bundle, timeout=args.timeout,
+                             max_parallel=args.jobs, cache=not getattr(args, "no_cache", False))
+    settings = settings_from_nix()
+    if args.cores is not None:
+        settings = dataclasses.replace(settings, cores=args.cores)  # type: ignore[type-var]
+    builder = NixBuilder(executor, state, settings=settings,  # type: ignore[arg-type]
+                         progress=print_progress if sys.stderr.isatty() else None,
+                         store_root=store_root)
+    outputs = builder.build(drv_path)
+    if args.export:
+        args.export.mkdir(parents=True, exist_ok=True)
+        for info in outputs.values():
+            dest = args.export / os.path.basename(info.path)
+            if not os.path.lexists(dest):
+                export(executor.store, info.node, dest)
+    if args.json:
+        print(json.dumps(result_json(drv_path, outputs)))
+    else:
+        for _, info in sorted(outputs.items()):
+            print(info.path)
+    return 0

@@ -1,0 +1,114 @@
+"""The subprocess boundary to Nix's command-line tools (read-only: we never write /nix/store).
+
+``instantiate`` evaluates a ``.nix`` file into a ``.drv`` path with ``nix-instantiate`` (which
+adds the ``.drv`` files and sources to the local store, as ``nix-build`` would);
+``path_infos`` reads the registration of existing store paths. Every failure is a NixError with
+one line: Nix's last ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_ocibuild.errors import NixError
+
+NIX_CONF = Path("/etc/nix/nix.conf")
+
+
+def store_args(store_root: str | Path | None) -> list[str]:
+    """``--store local?root=DIR`` for a private store (paths still read ``/nix/store/…``)."""
+    if store_root is None or str(store_root) == "/":
+        return []
+    return ["--store", f"local?root={os.path.abspath(store_root)}"]
+
+
+def _run(argv: Sequence[str], what: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "NIX_REMOTE"}
+    env["NIX_REMOTE"] = ""  # the local store, as `NIX_REMOTE= nix-build` uses it
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, check=False)
+    except FileNotFoundError:
+        raise NixError(f"{argv[0]} is not installed (needed to {what})") from None
+    if proc.returncode != 0:
+        raise NixError(f"{what}: {_last_error(proc.stderr)}")
+    return proc.stdout
+
+
+def _last_error(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    line = errors[-1] if errors else (lines[-1] if lines else "failed")
+    return line.removeprefix("error:").strip()
+
+
+def instantiate(
+    file: str | Path,
+    *,
+    attr: str | None = None,
+    args: Mapping[str, str] | None = None,
+    argstrs: Mapping[str, str] | None = None,
+    store_root: str | Path | None = None,
+) -> str:
+    """``nix-instantiate FILE [-A ATTR] [--arg N EXPR]... [--argstr N S]...`` → the .drv path.
+
+    An output selector Nix prints (``…drv!dev``) is dropped: we build every output. With
+    ``store_root`` the ``.drv`` files and sources go into that private store instead of
+    ``/nix/store``.
+    """
+    argv = ["nix-instantiate", *store_args(store_root), str(file)]
+    if attr:
+        argv += ["-A", attr]
+    for n, e in (args or {}).items():
+        argv += ["--arg", n, e]
+    for n, s in (argstrs or {}).items():
+        argv += ["--argstr", n, s]
+    out = _run(argv, f"cannot evaluate {file}").split()
+    drvs = sorted({p.split("!", 1)[0] for p in out})
+    if len(drvs) != 1 or not drvs[0].endswith(".drv"):
+        raise NixError(f"{file}: expected one derivation, nix-instantiate gave {len(drvs)}")
+    return drvs[0]
+
+
+def path_infos(paths: Iterable[str],
+               store_root: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """Registration of ``paths`` and their closure: ``{path: {narHash, narSize, references,
+    ca?}}`` from ``nix path-info --json --recursive`` (a read-only query of the local store)."""
+    paths = sorted(set(paths))
+    if not paths:
+        return {}
+    out = _run(["nix", "--extra-experimental-features", "nix-command", "path-info",
+                *store_args(store_root), "--json", "--recursive", *paths],
+               "cannot query the Nix store")
+    result: dict[str, dict[str, Any]] = {}
+    for entry in json.loads(out):
+        if entry.get("valid") is False:
+            raise NixError(f"path '{entry['path']}' is not valid in the Nix store")
+        result[entry["path"]] = entry
+    return result
+
+
+def nix_settings() -> dict[str, str]:
+    """Settings from ``/etc/nix/nix.conf`` then ``$NIX_CONFIG`` (``extra-`` ones appended)."""
+    settings: dict[str, str] = {}
+    texts = []
+    with contextlib.suppress(OSError):
+        texts.append(NIX_CONF.read_text())
+    texts.append(os.environ.get("NIX_CONFIG", ""))
+    for text in texts:
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if "=" not in line:
+                continue
+            key, value = (s.strip() for s in line.split("=", 1))
+            if key.startswith("extra-"):
+                key = key[len("extra-"):]
+                settings[key] = f"{settings.get(key, '')} {value}".strip()
+            else:
+                settings[key] = value
+    return settings

@@ -1,0 +1,97 @@
+"""SIGKILL a build at many moments; the next start cleans up and loses nothing committed.
+
+Each iteration runs a build in a child process (real runc, a ~100 MB output so that ingest
+takes a while) and kills it after a delay stepping through the measured length of a whole
+build: before runc, mid-run, mid-ingest and around the commit. After every kill, ``purge``
+(what the next start does) must leave no container, no mount, no bundle and no staging file,
+the store must verify clean, and a result committed before the kills must still be intact.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_ocibuild.build.gc import verify
+from pytest_ocibuild.build.lifecycle import mounts_under, purge
+from pytest_ocibuild.build.request import BuildRequest, EnvVar
+from pytest_ocibuild.build.request_io import dump_request
+from pytest_ocibuild.build.results import ResultStore
+from pytest_ocibuild.build.runc import RuncRuntime
+from pytest_ocibuild.castore.local import LocalStore
+from pytest_ocibuild.castore.nodes import Node
+from tests.cache.conftest import sh
+
+pytestmark = pytest.mark.runc
+
+BIG = ("mkdir out; i=0; while [ $i -lt 400 ]; do "
+       "head -c 262144 /dev/urandom > out/f$i; i=$((i+1)); done")
+
+
+def request(busybox: Node, nonce: str) -> BuildRequest:
+    return sh(busybox, BIG, environment_vars=(EnvVar("NONCE", nonce.encode()),))
+
+
+def run_child(root: Path, work: Path, req: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "tests.cache.child", str(root), str(work),
+                             str(req)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def assert_clean(root: Path, work: Path, runtime: RuncRuntime) -> None:
+    assert runtime.list() == [], "containers left after purge"
+    assert mounts_under(work) == [], "mounts left after purge"
+    assert list((work / "bundles").glob("ocibuild-*")) == [], "bundles left after purge"
+    assert LocalStore(root).staging_files() == [], "staging files left after purge"
+    report = verify(root)
+    assert report.ok, (report.corrupt, report.missing)
+
+
+@pytest.mark.parametrize(("provider", "kills"), [("materialize", 16), ("fuse", 8)])
+def test_sigkill_at_many_points(tmp_path: Path, root: Path, busybox: Node, provider: str,
+                                kills: int) -> None:
+    work = tmp_path / "work"
+    runtime = RuncRuntime("runc", state_dir=work / "runc-state")
+    args = [] if provider == "materialize" else [provider]
+
+    # One undisturbed build: committed before any kill, and the length of a whole build.
+    committed = tmp_path / "committed.json"
+    dump_request(request(busybox, "committed"), committed)
+    start = time.monotonic()
+    child = subprocess.run([sys.executable, "-m", "tests.cache.child", str(root), str(work),
+                            str(committed), *args], capture_output=True, timeout=300)
+    total = time.monotonic() - start
+    assert child.returncode == 0, child.stderr
+    key = request(busybox, "committed").digest.hex
+    assert ResultStore(root).get(key) is not None
+
+    outcomes = []
+    for i in range(kills):
+        req = tmp_path / f"r{i}.json"
+        dump_request(request(busybox, f"kill-{provider}-{i}"), req)
+        proc = subprocess.Popen([sys.executable, "-m", "tests.cache.child", str(root),
+                                 str(work), str(req), *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(total * (0.1 + i / kills))  # from start-up to just past the commit
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        left = {"containers": len(runtime.list()), "mounts": len(mounts_under(work)),
+                "staging": len(LocalStore(root).staging_files())}
+        purge(store_root=root, bundle_root=work / "bundles", runtime=runtime)
+        assert_clean(root, work, runtime)
+        record = ResultStore(root).get(request(busybox, f"kill-{provider}-{i}").digest.hex)
+        outcomes.append((left, record is not None))
+
+    assert any(not done for _, done in outcomes), "every build finished before its kill"
+    assert any(left["containers"] or left["mounts"] for left, _ in outcomes), outcomes
+    # what was committed before the kills is intact, and the store still builds
+    results = ResultStore(root)
+    record = results.get(key)
+    assert record is not None and record.ok
+    again = subprocess.run([sys.executable, "-m", "tests.cache.child", str(root), str(work),
+                            str(committed), *args], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and '"cached": true' in again.stdout, again.stderr

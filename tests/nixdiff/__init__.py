@@ -1,0 +1,1 @@
+"""Differential tests: ``ocibuild nix-build`` against the real nix-build over nix/."""
