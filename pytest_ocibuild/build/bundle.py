@@ -38,6 +38,7 @@ ETC_PASSWD = (
 )
 ETC_GROUP = "root:x:0:\nnixbld:!:100:\nnogroup:x:65534:\n"
 ETC_HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
+ETC_NSSWITCH = "hosts: files dns\nservices: files\n"  # with network access only
 
 
 def scratch_name(path: str) -> str:
@@ -142,6 +143,8 @@ def _make(layout: BundleLayout, spec: dict[str, Any], cache_dirs: Mapping[str, P
     etc.mkdir(parents=True)
     for name, text in (("passwd", ETC_PASSWD), ("group", ETC_GROUP), ("hosts", ETC_HOSTS)):
         (etc / name).write_text(text)
+    if request.constraints.network_access:  # as Nix writes it for fixed-output builds
+        (etc / "nsswitch.conf").write_text(ETC_NSSWITCH)
     (layout.bundle_dir / "scratch").mkdir()
     for p in request.scratch_paths:
         d = layout.scratch_dir(p)

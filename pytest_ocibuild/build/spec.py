@@ -24,6 +24,7 @@ the read-only inputs.
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Sequence
 from typing import Any
 
@@ -131,7 +132,30 @@ def _linux(*, network: bool, rootless: bool, id_maps: IdMaps) -> dict[str, Any]:
         linux.update(id_maps.to_spec())
     linux["maskedPaths"] = list(MASKED_PATHS)
     linux["readonlyPaths"] = list(READONLY_PATHS)
+    linux["seccomp"] = seccomp_profile()
     return linux
+
+
+# Native architecture plus the compat ones a process could switch to (as Nix adds them).
+_SECCOMP_ARCHES = {"x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+                   "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]}
+_EPERM, _ENOTSUP = 1, 95
+
+
+def seccomp_profile(machine: str = platform.machine()) -> dict[str, Any]:
+    """Nix's build filter: no setuid/setgid bits (``chmod``/``fchmod``/``fchmodat`` with
+    ``S_ISUID``/``S_ISGID`` fail with EPERM) and no extended attributes or ACLs (``*setxattr``
+    fail with ENOTSUP); everything else is allowed."""
+    rules: list[dict[str, Any]] = []
+    for bit in (0o4000, 0o2000):
+        for name, index in (("chmod", 1), ("fchmod", 1), ("fchmodat", 2)):
+            rules.append({"names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": _EPERM,
+                          "args": [{"index": index, "value": bit, "valueTwo": bit,
+                                    "op": "SCMP_CMP_MASKED_EQ"}]})
+    rules.append({"names": ["setxattr", "lsetxattr", "fsetxattr"], "action": "SCMP_ACT_ERRNO",
+                  "errnoRet": _ENOTSUP})
+    return {"defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": _SECCOMP_ARCHES.get(machine, []), "syscalls": rules}
 
 
 def _mount(src: str, dst: str, typ: str, options: Sequence[str]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ocibuild.build.bundle import scratch_name
-from pytest_ocibuild.build.executor import Executor
+from pytest_ocibuild.build.executor import Executor, log_tail
 from pytest_ocibuild.errors import BuildFailed, NixError, StoreError
 from pytest_ocibuild.nix import nixbase32
 from pytest_ocibuild.nix.ca import name_needles
@@ -37,6 +37,8 @@ from pytest_ocibuild.nix.to_request import (
 )
 
 Outputs = dict[str, PathInfo]
+_EXEC_FAILED = re.compile(r'unable to start container process: exec: "([^"]*)": (?:stat [^:]*: )?'
+                          r"(.*)$", re.M)
 
 
 def downstream_placeholder(drv_path: str, output: str) -> str:
@@ -153,7 +155,7 @@ class NixBuilder:
         if needs_resolving(drv):
             resolved = resolve(drv, built)
             rpath = derivation_path(resolved).absolute
-            outputs = self.results.get(rpath) or self._run(rpath, resolved, {})
+            outputs = self.results.get(rpath) or self._run(rpath, resolved, built)
             self.results.put(rpath, outputs)
         else:
             outputs = self._run(drv_path, drv, built)
@@ -187,13 +189,23 @@ class NixBuilder:
             nodes[o] = build.output(rel)
             found[o] = set(build.references(rel)) | name_needles(
                 self.executor.store, nodes[o], request.refscan_needles)
-        return register_outputs(self.executor.store, drv, drv_path, scratch, nodes, found,
-                                inputs)
+        try:
+            return register_outputs(self.executor.store, drv, drv_path, scratch, nodes, found,
+                                    inputs)
+        except BuildFailed as e:
+            if not e.detail and build.log_path:
+                e.detail = log_tail(Path(build.log_path))
+            raise
 
 
 def _nix_failure(e: BuildFailed, drv_path: str, scratch: Mapping[str, str]) -> BuildFailed:
     if e.reason == "exit-code":
-        msg = f"builder for '{drv_path}' failed with exit code {e.exit_code}"
+        code = e.exit_code
+        m = _EXEC_FAILED.search(e.detail or "")
+        if code == 127 and m:  # runc could not exec the builder; Nix's child exits with 1
+            code = 1
+            e.detail = f"{e.detail}\nexecuting '{m.group(1)}': {m.group(2).capitalize()}"
+        msg = f"builder for '{drv_path}' failed with exit code {code}"
     elif e.reason == "missing-output":
         m = re.search(r"output '([^']+)'", e.message)
         path = "/" + m.group(1) if m else ""

@@ -1,0 +1,84 @@
+"""Benchmark: a warm rerun of the unchanged ``cases/`` suite against the cold run.
+
+Both runs use one fresh store (``--ocibuild-store``): the cold run builds every case, the warm
+run finds every result recorded and runs nothing. Each run is a separate pytest process, timed
+wall-clock from start to exit (interpreter start-up and collection included)::
+
+    .venv/bin/python benchmarks/cache.py                 # cases/ from the repository root
+    .venv/bin/python benchmarks/cache.py -n 4            # both runs under xdist
+    .venv/bin/python benchmarks/cache.py -- -k basics    # extra pytest arguments after --
+
+Prints both times, the ratio and whether it meets the target (20x). Exit status: 0 if both
+runs passed, else the first failing pytest exit status. The store and basetemps live in a
+temporary directory removed at the end unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = 20.0
+
+
+def run(python: str, cases: str, store: Path, basetemp: Path, extra: list[str],
+        label: str, cwd: Path = ROOT) -> tuple[float, int, str]:
+    """Run the suite once; return (seconds, exit status, pytest's summary line)."""
+    cmd = [python, "-m", "pytest", cases, "-p", "ocibuild", "--ocibuild-store", str(store),
+           "--basetemp", str(basetemp), "-q", "-p", "no:cacheprovider", *extra]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
+    summary = lines[-1] if lines else "(no output)"
+    if done.returncode != 0:
+        print(f"--- {label} run failed ({done.returncode}): {' '.join(cmd)}", file=sys.stderr)
+        print("\n".join(done.stdout.splitlines()[-30:]), file=sys.stderr)
+        print("\n".join(done.stderr.splitlines()[-30:]), file=sys.stderr)
+    return elapsed, done.returncode, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra: list[str] = []
+    if "--" in argv:
+        extra = argv[argv.index("--") + 1 :]
+        argv = argv[: argv.index("--")]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default="cases/", help="what pytest collects (default: cases/)")
+    p.add_argument("--python", default=sys.executable, help="interpreter with the plugin")
+    p.add_argument("-n", "--workers", help="run both passes under pytest-xdist with -n N")
+    p.add_argument("--keep", action="store_true", help="keep the store and basetemps")
+    p.add_argument("--cwd", type=Path, default=ROOT,
+                   help="directory pytest runs in (default: the repository root)")
+    args = p.parse_args(argv)
+    if args.workers:
+        extra = ["-n", args.workers, *extra]
+    tmp = Path(tempfile.mkdtemp(prefix="ocibuild-bench-cache-"))
+    store = tmp / "store"  # fresh: nothing recorded before the cold run
+    try:
+        cold, cold_rc, cold_sum = run(args.python, args.cases, store, tmp / "cold", extra,
+                                      "cold", args.cwd)
+        warm, warm_rc, warm_sum = run(args.python, args.cases, store, tmp / "warm", extra,
+                                      "warm", args.cwd)
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    ratio = cold / warm if warm > 0 else float("inf")
+    print(f"cold: {cold:8.2f}s   {cold_sum}")
+    print(f"warm: {warm:8.2f}s   {warm_sum}")
+    verdict = "met" if ratio >= TARGET else "NOT met"
+    print(f"speed-up: {ratio:.1f}x (target >= {TARGET:g}x: {verdict})")
+    return cold_rc or warm_rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
