@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +18,11 @@ from pytest_ocibuild.errors import BundleError, RuntimeUnavailable
 INSTALL_HINT = "apt-get install runc"
 USERNS_LIMIT = "/proc/sys/user/max_user_namespaces"
 KILL_GRACE = 10.0  # seconds to wait for runc to exit after `runc kill`
+REAPER = str(Path(__file__).with_name("reaper.py"))  # run as a script: see reaper.py
+# The build's personality: ADDR_NO_RANDOMIZE (no ASLR, for determinism), as Nix sets it. The
+# OCI spec's linux.personality has no flags and runc 1.1.5 ignores it, so the reaper sets it
+# on itself and runc passes it on.
+PERSONALITY = 0x0040000
 # Messages of runc's own (not the build's) failures that mean "cannot run containers here".
 _UNAVAILABLE_MARKERS = (
     "operation not permitted", "permission denied", "newuidmap", "newgidmap",
@@ -79,8 +85,10 @@ class RuncRuntime:
     ) -> ExitStatus:
         """``runc run`` the bundle; output appended to ``log``; the container is always deleted.
 
-        runc pumps the build's stdout and stderr through two pipes of its own, so lines of
-        the two streams may interleave in the log out of order.
+        The container runs detached under a small reaper process (see ``reaper``), so the
+        build's stdin is /dev/null itself and its stdout and stderr are the log file itself
+        (one open file: the two streams stay in order), not pipes pumped by runc; the
+        reaper waits for the container's init and exits with its status.
 
         A build's non-zero exit (or a command runc cannot exec: code 127) is an ExitStatus;
         runc failing to create the container raises RuntimeUnavailable (kernel/permission
@@ -95,8 +103,12 @@ class RuncRuntime:
             raise BundleError(f"container id {container_id!r} is already in use in {state}")
         runc_log = state / f"{container_id}.runc-log.json"
         runc_log.unlink(missing_ok=True)
-        cmd = [path, "--root", str(state), "--log", str(runc_log), "--log-format", "json",
-               "run", "--bundle", str(bundle), container_id]
+        pid_file = state / f"{container_id}.pid"
+        pid_file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-I", "-S", REAPER, str(pid_file), f"{PERSONALITY:x}",
+               path, "--root", str(state), "--log", str(runc_log), "--log-format", "json",
+               "run", "--detach", "--pid-file", str(pid_file), "--bundle", str(bundle),
+               container_id]
         timed_out = False
         start = time.monotonic()
         try:
@@ -121,6 +133,7 @@ class RuncRuntime:
         finally:
             self._delete(container_id)
             runc_log.unlink(missing_ok=True)
+            pid_file.unlink(missing_ok=True)
 
     def purge(self, prefix: str) -> list[str]:
         """Kill and delete every container in the state dir whose id starts with ``prefix``."""

@@ -1,0 +1,85 @@
+"""Per-build overhead of Executor.build against a bare ``runc run`` of an equivalent bundle.
+
+Run as root from the repository root::
+
+    .venv/bin/python benchmarks/overhead.py [--runs 30] [--inputs materialize|fuse]
+
+Both sides run the same trivial build (busybox ``sh -c 'echo hi > out'``), interleaved:
+
+* ``bare``: a bundle made once (config.json by make_spec, busybox copied into inputs/), then
+  ``runc run`` of it, timed around the subprocess;
+* ``executor``: ``Executor.build`` without a result cache: spec, bundle, inputs provided from
+  the castore, ``runc run``, output ingest and refscan, bundle removal.
+
+Prints the medians and executor/bare (target: at most 1.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from pytest_ocibuild.build.bundle import make_bundle
+from pytest_ocibuild.build.executor import Executor
+from pytest_ocibuild.build.ids import IdMaps
+from pytest_ocibuild.build.inputs import open_input_provider
+from pytest_ocibuild.build.request import BuildRequest
+from pytest_ocibuild.build.runc import RuncRuntime
+from pytest_ocibuild.build.spec import host_network_files, make_spec
+from pytest_ocibuild.castore.ingest import ingest_path
+from pytest_ocibuild.castore.local import LocalStore
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--inputs", default="materialize", choices=["materialize", "fuse"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ocibuild-overhead-") as tmp:
+        work = Path(tmp)
+        store = LocalStore(work / "store")
+        busybox = ingest_path(store, Path("/bin/busybox"))
+        request = BuildRequest(inputs={"busybox": busybox},
+                               command_args=("/inputs/busybox", "sh", "-c", "echo hi > out"),
+                               outputs=("build/out",))
+        state = work / "runc-state"
+        executor = Executor(store, inputs=open_input_provider(args.inputs),
+                            runtime=RuncRuntime("runc", state_dir=state),
+                            bundle_root=work / "bundles")
+        spec = make_spec(request, id_maps=IdMaps.detect(), network_files=host_network_files())
+        bundle = work / "bare"
+        layout = make_bundle(request, spec, bundle)
+        shutil.copy("/bin/busybox", layout.inputs_dir / "busybox")
+
+        def bare(i: int) -> float:
+            t0 = time.perf_counter()
+            subprocess.run(["runc", "--root", str(state), "run", "--bundle", str(bundle),
+                            f"bare-{i}"], stdin=subprocess.DEVNULL, capture_output=True,
+                           check=True)
+            return time.perf_counter() - t0
+
+        def ours(_: int) -> float:
+            t0 = time.perf_counter()
+            executor.build(request)
+            return time.perf_counter() - t0
+
+        bare(-1), ours(-1)  # warm-up: page cache, runc binary, blob twins
+        times: dict[str, list[float]] = {"bare": [], "executor": []}
+        for i in range(args.runs):
+            order = [("bare", bare), ("executor", ours)]
+            for name, fn in order if i % 2 == 0 else reversed(order):
+                times[name].append(fn(i))
+    b, e = (statistics.median(times[k]) for k in ("bare", "executor"))
+    print(f"runs: {args.runs} each, inputs: {args.inputs}")
+    print(f"bare runc run      median {b * 1000:7.1f} ms  (min {min(times['bare']) * 1000:.1f})")
+    print(f"Executor.build     median {e * 1000:7.1f} ms  (min {min(times['executor']) * 1000:.1f})")
+    print(f"executor / bare    {e / b:.2f}  (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
