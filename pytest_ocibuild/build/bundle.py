@@ -4,18 +4,23 @@ Layout of ``bundle_dir``::
 
     config.json                  the spec (see spec.make_spec)
     inputs/                      empty; the input provider serves the inputs here
-    root/                        read-only ``/``: etc/{passwd,group,hosts} + mount points
+    root/                        ``/`` (0750, group 100): etc/{passwd,group,hosts}, tmp/ (1777)
+                                 + mount points
+    dev/                         ``/dev``: symlinks fd, stdin, stdout, stderr, ptmx + mount points
     scratch/<scratch_name(p)>/   one writable directory per scratch path p
     caches/<name>                symlink to the build's clone of persistent cache <name>
 
 Scratch directories (and additional files) belong to the host ids that the build user
 (uid 1000, gid 100 in the container) maps to, read from the spec's ``uidMappings`` /
-``gidMappings``.
+``gidMappings``, as Nix's: the working directory mode 0700; a scratch path that is the
+``inputs_dir`` (Nix's ``/nix/store``) 1775, owned by container root and group 100, so the build
+may add entries but not remove others'; any other scratch path 0755.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -39,6 +44,12 @@ ETC_PASSWD = (
 ETC_GROUP = "root:x:0:\nnixbld:!:100:\nnogroup:x:65534:\n"
 ETC_HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
 ETC_NSSWITCH = "hosts: files dns\nservices: files\n"  # with network access only
+DEV_SOURCE = "dev"  # the bundle directory bound at /dev (spec.default_mounts)
+# Symlinks in /dev, as Nix makes them (runc would make ptmx -> pts/ptmx and /dev/core).
+DEV_SYMLINKS: tuple[tuple[str, str], ...] = (
+    ("fd", "/proc/self/fd"), ("ptmx", "/dev/pts/ptmx"), ("stderr", "/proc/self/fd/2"),
+    ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+)
 
 
 def scratch_name(path: str) -> str:
@@ -138,9 +149,14 @@ def _make(layout: BundleLayout, spec: dict[str, Any], cache_dirs: Mapping[str, P
     if layout.config_path.exists():
         raise BundleError(f"{layout.bundle_dir} already holds a bundle")
     owner = build_owner(spec)
+    root_owner = (_host_id(spec, "uidMappings", 0), owner[1])
     layout.inputs_dir.mkdir()
+    layout.root_dir.mkdir()
+    _chown_or_keep(layout.root_dir, root_owner, 0o750)
+    (layout.root_dir / "tmp").mkdir()
+    os.chmod(layout.root_dir / "tmp", 0o1777)
     etc = layout.root_dir / "etc"
-    etc.mkdir(parents=True)
+    etc.mkdir()
     for name, text in (("passwd", ETC_PASSWD), ("group", ETC_GROUP), ("hosts", ETC_HOSTS)):
         (etc / name).write_text(text)
     if request.constraints.network_access:  # as Nix writes it for fixed-output builds
@@ -149,7 +165,15 @@ def _make(layout: BundleLayout, spec: dict[str, Any], cache_dirs: Mapping[str, P
     for p in request.scratch_paths:
         d = layout.scratch_dir(p)
         d.mkdir()
-        _chown(d, owner, 0o755)
+        if p == request.inputs_dir:
+            _chown_or_keep(d, root_owner, 0o1775)
+        else:
+            _chown(d, owner, 0o700 if p == request.working_dir else 0o755)
+    if any(m.get("source") == DEV_SOURCE for m in spec.get("mounts", [])):
+        dev = layout.bundle_dir / DEV_SOURCE
+        dev.mkdir()
+        for name, target in DEV_SYMLINKS:
+            os.symlink(target, dev / name)
     _make_mount_points(layout, spec.get("mounts", []))
     for f in request.additional_files:
         _write_additional(layout, f.path, f.contents, owner)
@@ -182,6 +206,14 @@ def _chown(path: Path, owner: tuple[int, int], mode: int) -> None:
         return
     if not path.is_symlink():
         os.chmod(path, mode)
+
+
+def _chown_or_keep(path: Path, owner: tuple[int, int], mode: int) -> None:
+    """``_chown``, but an unprivileged caller keeps the directory its own (not world-writable):
+    container root is the caller then."""
+    with contextlib.suppress(PermissionError):
+        os.chown(path, *owner)
+    os.chmod(path, mode)
 
 
 def _write_additional(
@@ -219,8 +251,9 @@ def _make_mount_points(layout: BundleLayout, mounts: list[dict[str, Any]]) -> No
             point = _ensure(base, dest[len(under[0]) :].lstrip("/"), is_file)
             if m.get("type") == "tmpfs":
                 _apply_tmpfs_mode(point, m.get("options", []))
-        backing.append((dest, scratch_by_dest.get(dest) if m.get("source", "").startswith(
-            "scratch/") else None))
+        src = m.get("source", "")
+        backing.append((dest, scratch_by_dest.get(dest) if src.startswith("scratch/") else
+                        layout.bundle_dir / DEV_SOURCE if src == DEV_SOURCE else None))
     _symlink_inputs(layout, backing)
 
 

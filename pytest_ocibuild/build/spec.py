@@ -8,7 +8,10 @@ bundle directory (runc resolves relative ``root.path`` and bind-mount sources ag
 - ``scratch/<scratch_name(p)>/``: one writable directory per scratch path ``p``;
 - ``caches/<name>``: the build's private writable clone of persistent cache ``name``.
 
-Mount order (later mounts cover earlier ones): runtime defaults, ``/tmp``, scratch paths
+- ``dev/``: the build's ``/dev`` (symlinks and mount points, see bundle.make_bundle).
+
+Mount order (later mounts cover earlier ones): ``/proc``, ``/dev`` and the devices in it,
+scratch paths
 (parents before children, as ``scratch_paths`` is sorted), caches (by path), inputs,
 read-only host paths, ``/bin/sh``, network files. When ``inputs_dir`` is a scratch path or
 lies inside one (Nix: both are ``nix/store``), each input is bound read-only on its own at
@@ -28,7 +31,7 @@ import platform
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_ocibuild.build.bundle import scratch_name
+from pytest_ocibuild.build.bundle import DEV_SOURCE, scratch_name
 from pytest_ocibuild.build.ids import BUILD_GID, BUILD_UID, IdMaps
 from pytest_ocibuild.build.request import BuildRequest, is_path_prefix
 from pytest_ocibuild.castore.nodes import SymlinkNode
@@ -38,18 +41,28 @@ OCI_VERSION = "1.0.2"
 SANDBOX_SHELL = "/bin/busybox"
 NETWORK_FILES: tuple[str, ...] = ("/etc/resolv.conf", "/etc/services", "/etc/hosts")
 
-# The build process holds no capabilities at all, as a Nix builder (uid 1000) holds none.
-# tvix grants a rootless set (SETUID, DAC_OVERRIDE, ... also ambient); in our user namespace
-# container 0 maps to the caller, so those would let a hostile build become the caller on
-# every writable mount. Nothing a build legitimately does needs them.
+# The build process holds no capabilities at all (effective, permitted, inheritable and
+# ambient are empty), as a Nix builder (uid 1000) holds none. tvix grants a rootless set
+# (SETUID, DAC_OVERRIDE, ... also ambient); in our user namespace container 0 maps to the
+# caller, so those would let a hostile build become the caller on every writable mount.
 BUILD_CAPABILITIES: tuple[str, ...] = ()
-
-MASKED_PATHS: tuple[str, ...] = (
-    "/proc/kcore", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
-    "/proc/sched_debug", "/sys/firmware",
+# The bounding set stays full, as Nix leaves it (CapBnd is visible to the build). It grants
+# nothing: a uid-1000 process with no permitted capabilities and no_new_privs cannot gain any
+# by execve. Names the kernel or runc does not know are skipped by runc with a warning.
+BOUNDING_CAPABILITIES: tuple[str, ...] = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
 )
-READONLY_PATHS: tuple[str, ...] = (
-    "/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+
+# Host device nodes bound into /dev (Nix's set; /dev/kvm is not bound).
+DEVICES: tuple[str, ...] = (
+    "/dev/full", "/dev/null", "/dev/random", "/dev/tty", "/dev/urandom", "/dev/zero",
 )
 
 
@@ -73,7 +86,8 @@ def make_spec(
     return {
         "ociVersion": OCI_VERSION,
         "process": _process(request, rootless),
-        "root": {"path": "root", "readonly": True},
+        # Writable like Nix's chroot, but only /tmp (1777) is writable by the build user
+        "root": {"path": "root", "readonly": False},
         "hostname": "localhost",
         "mounts": make_mounts(
             request, rootless=rootless, sandbox_shell=sandbox_shell,
@@ -105,15 +119,14 @@ def env_strings(request: BuildRequest) -> list[str]:
 
 def _process(request: BuildRequest, rootless: bool) -> dict[str, Any]:
     caps = list(BUILD_CAPABILITIES)
+    capabilities = {k: list(caps) for k in ("effective", "inheritable", "permitted", "ambient")}
     return {
         "terminal": False,  # stdin is /dev/null, output goes to a log file
         "user": {"uid": BUILD_UID, "gid": BUILD_GID},
         "args": list(request.command_args),
         "env": env_strings(request),
         "cwd": "/" + request.working_dir,
-        "capabilities": {
-            k: list(caps) for k in ("bounding", "effective", "inheritable", "permitted", "ambient")
-        },
+        "capabilities": {"bounding": list(BOUNDING_CAPABILITIES), **capabilities},
         "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
         "noNewPrivileges": True,
     }
@@ -130,8 +143,8 @@ def _linux(*, network: bool, rootless: bool, id_maps: IdMaps) -> dict[str, Any]:
     linux: dict[str, Any] = {"namespaces": [{"type": k} for k in kinds]}
     if rootless:
         linux.update(id_maps.to_spec())
-    linux["maskedPaths"] = list(MASKED_PATHS)
-    linux["readonlyPaths"] = list(READONLY_PATHS)
+    # No maskedPaths/readonlyPaths: Nix masks nothing in /proc (and runc's masks would show
+    # as mount points). The files they cover belong to host root, unwritable by the build.
     linux["seccomp"] = seccomp_profile()
     return linux
 
@@ -163,28 +176,27 @@ def _mount(src: str, dst: str, typ: str, options: Sequence[str]) -> dict[str, An
 
 
 def default_mounts(*, rootless: bool) -> list[dict[str, Any]]:
-    """/proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys (oci-spec-rs defaults, no cgroup).
+    """/proc, /dev (with its devices), /dev/pts, /dev/shm: what Nix's sandbox has.
 
-    Rootless: devpts without ``gid=5`` (gid 5 is unmapped) and /sys as a recursive read-only
-    bind of the host's (a fresh sysfs needs a network namespace owned by the user namespace,
-    which a build with network access does not have). ``rro`` makes the submounts read-only
-    too. The /sys/fs/cgroup mount is left out: without a cgroup namespace it would expose the
-    host's hierarchy.
+    /dev is the bundle's ``dev/`` directory, not a tmpfs: a bind mount at /dev tells runc not
+    to populate /dev itself (its devices, ``ptmx -> pts/ptmx``, ``/dev/core``), so it holds
+    Nix's symlinks (``ptmx -> /dev/pts/ptmx``) and a bind of each host node in ``DEVICES``.
+    No /dev/mqueue and no /sys (Nix has neither). Rootless: devpts without ``gid=5`` (gid 5
+    is unmapped).
     """
     mounts = [
         _mount("proc", "/proc", "proc", []),
-        _mount("tmpfs", "/dev", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        _mount(DEV_SOURCE, "/dev", "none", ["rbind", "ro", "nosuid", "nodev", "noexec"]),
+    ]
+    # a plain bind (no remount): the host's flags (devtmpfs: nosuid) are kept
+    mounts += [_mount(d, d, "none", ["bind"]) for d in DEVICES]
+    mounts += [
         _mount("devpts", "/dev/pts", "devpts",
                ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]
                + ([] if rootless else ["gid=5"])),
         _mount("shm", "/dev/shm", "tmpfs",
                ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
-        _mount("mqueue", "/dev/mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
     ]
-    if rootless:
-        mounts.append(_mount("/sys", "/sys", "none", ["rbind", "nosuid", "noexec", "nodev", "rro"]))
-    else:
-        mounts.append(_mount("sysfs", "/sys", "sysfs", ["nosuid", "noexec", "nodev", "ro"]))
     return mounts
 
 
@@ -208,10 +220,8 @@ def make_mounts(
                 f"scratch_paths: {s!r} is inside inputs_dir {request.inputs_dir!r}, which is "
                 "read-only"
             )
+    # /tmp is a 1777 directory of the (writable) root/, as in Nix's chroot: no mount
     mounts = default_mounts(rootless=rootless)
-    # Mode 1777 rather than tvix's 700: the build user (1000) must be able to write /tmp
-    # without relying on CAP_DAC_OVERRIDE.
-    mounts.append(_mount("tmpfs", "/tmp", "tmpfs", ["nosuid", "nodev", "noatime", "mode=1777"]))
     for p in request.scratch_paths:
         mounts.append(_mount(f"scratch/{scratch_name(p)}", "/" + p, "none", ["rbind", "rw"]))
     for cache in sorted(request.caches, key=lambda c: c.path.encode()):

@@ -89,7 +89,7 @@ def test_host_output_paths_simple() -> None:
 
 def test_layout(tmp_path: Path) -> None:
     r = req(scratch_paths=("build", "nix/store"), outputs=("nix/store/out",),
-            constraints=Constraints(provide_bin_sh=True))
+            inputs_dir="nix/store", constraints=Constraints(provide_bin_sh=True))
     layout = bundle(r, tmp_path)
     b = tmp_path / "b"
     assert layout.bundle_dir == b
@@ -100,7 +100,19 @@ def test_layout(tmp_path: Path) -> None:
     assert (etc / "group").read_text() == ETC_GROUP
     assert (etc / "hosts").read_text() == ETC_HOSTS == "127.0.0.1 localhost\n::1 localhost\n"
     assert "nixbld:x:1000:100:" in ETC_PASSWD and "nixbld:!:100:" in ETC_GROUP
-    assert sorted(os.listdir(b)) == ["config.json", "inputs", "root", "scratch"]
+    assert sorted(os.listdir(b)) == ["config.json", "dev", "inputs", "root", "scratch"]
+    assert sorted(os.listdir(b / "dev")) == [
+        "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout",
+        "tty", "urandom", "zero"]
+    assert os.readlink(b / "dev" / "ptmx") == "/dev/pts/ptmx"  # as Nix, not runc's pts/ptmx
+    assert stat.S_IMODE(os.stat(b / "root").st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(b / "root" / "tmp").st_mode) == 0o1777
+    store = layout.scratch_dirs["nix/store"]  # the inputs_dir: root-owned, sticky, group 100
+    assert stat.S_IMODE(os.stat(store).st_mode) == 0o1775
+    assert stat.S_IMODE(os.stat(layout.scratch_dirs["build"]).st_mode) == 0o700
+    if os.geteuid() == 0:
+        assert os.stat(b / "root").st_gid == os.stat(store).st_gid == 100000
+        assert os.stat(store).st_uid == 1000  # container root under CANON
     assert sorted(os.listdir(b / "scratch")) == sorted(scratch_name(p) for p in r.scratch_paths)
     assert layout.scratch_dirs == {p: b / "scratch" / scratch_name(p) for p in r.scratch_paths}
     assert layout.output_host_path("nix/store/out") == layout.scratch_dirs["nix/store"] / "out"
@@ -114,7 +126,7 @@ def test_scratch_owned_by_mapped_build_user(tmp_path: Path) -> None:
     for p in (d, d / "a", d / "a" / "b", d / "a" / "b" / "f"):
         st = os.lstat(p)
         assert (st.st_uid, st.st_gid) == (100000, 100000), p
-    assert stat.S_IMODE(os.stat(d).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700  # the working dir, as Nix's /build
     assert (d / "a/b/f").read_bytes() == b"hi"
     assert stat.S_IMODE(os.stat(d / "a/b/f").st_mode) == 0o644
 
@@ -134,13 +146,14 @@ def test_mount_points_in_root(tmp_path: Path) -> None:
     r = req(inputs_dir="in/puts", constraints=Constraints(
         provide_bin_sh=True, available_ro_paths=("/bin/busybox", str(ro), "/usr/share")))
     root = bundle(r, tmp_path).root_dir
-    for d in ("proc", "dev", "sys", "tmp", "build", "in/puts", "usr/share"):
+    for d in ("proc", "dev", "tmp", "build", "in/puts", "usr/share", str(ro)[1:]):
         assert (root / d).is_dir(), d
+    assert not (root / "sys").exists()  # no /sys, as in Nix's sandbox
     assert (root / "bin" / "sh").is_file()
     assert (root / "bin" / "busybox").is_file()  # a file mount point for a file source
-    assert not (root / "dev" / "pts").exists()  # on top of the /dev tmpfs: runc's business
-    assert not (root / str(ro)[1:]).exists()  # on top of the /tmp tmpfs: runc's business
-    assert sorted(os.listdir(root / "tmp")) == []
+    dev = root.parent / "dev"  # bound at /dev: its mount points are made there
+    assert not (root / "dev" / "pts").exists()
+    assert (dev / "pts").is_dir() and (dev / "shm").is_dir() and (dev / "null").is_file()
 
 
 def test_missing_ro_path_refused(tmp_path: Path) -> None:

@@ -54,7 +54,8 @@ def test_identity_inside(run_bundle: Runner) -> None:
 
 
 def test_hostile_build_cannot_gain_privileges(run_bundle: Runner) -> None:
-    """No capabilities inside; becoming root (the caller on the host) must fail."""
+    """No capabilities inside (only the bounding set is full, as in Nix); becoming root (the
+    caller on the host) must fail."""
     ran = run_bundle(sh(
         "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb):' /proc/self/status | awk '{print $2}' > /build/out;"
         " if /inputs/busybox su -s /inputs/busybox root -c true 2>/dev/null;"
@@ -64,7 +65,9 @@ def test_hostile_build_cannot_gain_privileges(run_bundle: Runner) -> None:
     ))
     assert ran.status.code == 0, ran.log
     lines = ran.layout.output_host_path("build/out").read_text().split()
-    assert lines[:5] == ["0000000000000000"] * 5
+    inh, prm, eff, bnd, amb = lines[:5]
+    assert inh == prm == eff == amb == "0000000000000000"
+    assert int(bnd, 16) == (1 << (int(Path("/proc/sys/kernel/cap_last_cap").read_text()) + 1)) - 1
     assert lines[5:] == ["refused", "no-chown"]
 
 
@@ -309,3 +312,18 @@ def test_default_state_dir_is_per_user() -> None:
     rt = RuncRuntime()
     assert rt.state_dir.name == "runc"
     assert rt.state_dir.parent.name == f"ocibuild-{os.geteuid()}"
+
+
+def test_sandbox_as_nix_shows_it(run_bundle: Runner) -> None:
+    """stdin is /dev/null itself (not a runc pipe), no ASLR, Nix's /dev, no /sys, modes."""
+    ran = run_bundle(sh(
+        "{ readlink /proc/self/fd/0; cat /proc/self/personality; ls -A /dev | tr '\\n' ' ';"
+        " echo; readlink /dev/ptmx; [ -e /sys ] && echo sys || echo no-sys;"
+        " stat -c '%a %g' / /build /tmp; echo x > /dev/null && echo null-ok; } > /build/out",
+        outputs=("build/out",)))
+    assert ran.status.code == 0, ran.log
+    assert ran.layout.output_host_path("build/out").read_text().splitlines() == [
+        "/dev/null", "00040000",
+        "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero ",
+        "/dev/pts/ptmx", "no-sys", "750 100", "700 100", "1777 0", "null-ok"]
+

@@ -22,6 +22,15 @@ from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Node
 
 BUSYBOX = Path("/bin/busybox")
+REPO = Path(__file__).resolve().parents[2]  # children run from here: ``-m tests.cache.child``
+
+
+def child_cmd(root: Path, work: Path, request: Path, *extra: str) -> list[str]:
+    """Command line of a build in its own process (see tests/cache/child.py)."""
+    import sys
+
+    return [sys.executable, "-m", "tests.cache.child", str(root), str(work), str(request),
+            *extra]
 
 
 class CountingRuntime(RuncRuntime):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from pytest_ocibuild.build.results import ResultStore
 from pytest_ocibuild.build.runc import RuncRuntime
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Node
-from tests.cache.conftest import sh
+from tests.cache.conftest import REPO, child_cmd, sh
 
 pytestmark = pytest.mark.runc
 
@@ -57,8 +56,8 @@ def test_sigkill_at_many_points(tmp_path: Path, root: Path, busybox: Node, provi
     committed = tmp_path / "committed.json"
     dump_request(request(busybox, "committed"), committed)
     start = time.monotonic()
-    child = subprocess.run([sys.executable, "-m", "tests.cache.child", str(root), str(work),
-                            str(committed), *args], capture_output=True, timeout=300)
+    child = subprocess.run(child_cmd(root, work, committed, *args), capture_output=True,
+                           timeout=300, cwd=REPO)
     total = time.monotonic() - start
     assert child.returncode == 0, child.stderr
     key = request(busybox, "committed").digest.hex
@@ -68,8 +67,7 @@ def test_sigkill_at_many_points(tmp_path: Path, root: Path, busybox: Node, provi
     for i in range(kills):
         req = tmp_path / f"r{i}.json"
         dump_request(request(busybox, f"kill-{provider}-{i}"), req)
-        proc = subprocess.Popen([sys.executable, "-m", "tests.cache.child", str(root),
-                                 str(work), str(req), *args],
+        proc = subprocess.Popen(child_cmd(root, work, req, *args), cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(total * (0.1 + i / kills))  # from start-up to just past the commit
         proc.send_signal(signal.SIGKILL)
@@ -88,6 +86,6 @@ def test_sigkill_at_many_points(tmp_path: Path, root: Path, busybox: Node, provi
     results = ResultStore(root)
     record = results.get(key)
     assert record is not None and record.ok
-    again = subprocess.run([sys.executable, "-m", "tests.cache.child", str(root), str(work),
-                            str(committed), *args], capture_output=True, text=True, timeout=300)
+    again = subprocess.run(child_cmd(root, work, committed, *args), capture_output=True,
+                           text=True, timeout=300, cwd=REPO)
     assert again.returncode == 0 and '"cached": true' in again.stdout, again.stderr

@@ -23,7 +23,7 @@ from pytest_ocibuild.build.runc import RuncRuntime
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import DirectoryNode, FileNode, Node
 from pytest_ocibuild.castore.store import put_blob
-from tests.cache.conftest import sh
+from tests.cache.conftest import REPO, child_cmd, sh
 
 
 def dead_pid() -> int:
@@ -33,9 +33,8 @@ def dead_pid() -> int:
 
 
 def start_child(root: Path, work: Path, req: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "tests.cache.child", str(root), str(work),
-                             str(req)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(child_cmd(root, work, req), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_containers(runtime: RuncRuntime, n: int, timeout: float = 30) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import subprocess
-import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from pytest_ocibuild.build.results import Record, ResultStore
 from pytest_ocibuild.castore.ingest import ingest_path
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Node
-from tests.cache.conftest import sh
+from tests.cache.conftest import REPO, child_cmd, sh
 
 pytestmark = pytest.mark.runc
 WRITERS = 16
@@ -52,8 +51,7 @@ def test_eight_threads_one_build(executor: Executor, busybox: Node) -> None:
 def test_four_processes_one_build(tmp_path: Path, root: Path, busybox: Node) -> None:
     req = tmp_path / "req.json"
     dump_request(sh(busybox, "sleep 1; echo $RANDOM$RANDOM > out"), req)
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.cache.child", str(root),
-                               str(tmp_path / f"w{i}"), str(req)],
+    procs = [subprocess.Popen(child_cmd(root, tmp_path / f"w{i}", req), cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(4)]
     outs = [p.communicate(timeout=120) for p in procs]
