@@ -143,6 +143,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from pytest_ocibuild.build.executor import open_executor
     from pytest_ocibuild.build.request import node_to_dict
     from pytest_ocibuild.build.request_io import load_request
+    from pytest_ocibuild.build.results import result_key
     from pytest_ocibuild.castore.ingest import export, ingest_path
 
     executor = open_executor(store=args.store, runtime=args.runtime, inputs=args.inputs,
@@ -155,8 +156,9 @@ def cmd_build(args: argparse.Namespace) -> int:
             dest = args.export / path
             dest.parent.mkdir(parents=True, exist_ok=True)
             export(executor.store, node, dest)
+    key = result_key(request)
     if args.json:
-        print(json.dumps(build.to_dict(), indent=2))
+        print(json.dumps({**build.to_dict(), "key": key}, indent=2))
         return 0
     for path, node in zip(request.outputs, build.outputs, strict=True):
         d = node_to_dict(node)
@@ -165,10 +167,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         extra = f"  refs: {', '.join(refs)}" if refs else ""
         print(f"{path}\t{d['type']}\t{what}{extra}")
     if build.cached:
-        print(f"cached (built in {build.duration:.2f}s before); log: {build.log_path}",
-              file=sys.stderr)
+        print(f"cached (built in {build.duration:.2f}s before); key {key[:16]} "
+              f"(ocibuild log {key[:16]})", file=sys.stderr)
     else:
-        print(f"built in {build.duration:.2f}s; log: {build.log_path}", file=sys.stderr)
+        print(f"built in {build.duration:.2f}s; key {key[:16]} (ocibuild log {key[:16]})",
+              file=sys.stderr)
     return 0
 
 

@@ -31,7 +31,13 @@ from pytest_ocibuild.build.ids import IdMaps
 from pytest_ocibuild.build.inputs import InputProvider, open_input_provider
 from pytest_ocibuild.build.refscan import scan_path
 from pytest_ocibuild.build.request import Build, BuildRequest
-from pytest_ocibuild.build.results import CacheStats, Record, ResultStore, check_outputs_present
+from pytest_ocibuild.build.results import (
+    CacheStats,
+    Record,
+    ResultStore,
+    check_outputs_present,
+    result_key,
+)
 from pytest_ocibuild.build.runtime import Runtime, open_runtime
 from pytest_ocibuild.build.slots import Slots
 from pytest_ocibuild.build.spec import host_network_files, make_spec
@@ -139,7 +145,7 @@ class Executor:
         if results is None:
             return self._run(request, timeout, log)
         use = self.cache if cache is None else cache
-        key = request.digest.hex
+        key = result_key(request)
         start = time.monotonic()
         if use and (hit := self._lookup(request, key, log, start)) is not None:
             return hit
@@ -240,7 +246,7 @@ class Executor:
                     remove_tree(bundle_dir)
                 if results is not None:
                     with contextlib.suppress(OSError):
-                        results.save_log(request.digest.hex, log_path)
+                        results.save_log(result_key(request), log_path)
             for clone in clones.values():
                 clone.commit()  # the build succeeded: keep its cache unless one moved on
         return Build(

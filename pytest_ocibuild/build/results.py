@@ -36,6 +36,18 @@ RECORD_VERSION = 1
 _HEX = frozenset("0123456789abcdef")
 
 
+
+# Bump when what a build sees changes (spec, bundle, runtime): recorded results from an older
+# sandbox are then no longer hits. Part of every result key.
+SANDBOX_VERSION = 2
+
+
+def result_key(request: BuildRequest) -> str:
+    """The result-cache key of ``request``: its digest salted with SANDBOX_VERSION (hex)."""
+    salt = f"ocibuild-sandbox-v{SANDBOX_VERSION}\n".encode()
+    return Digest.of(salt + request.canonical_json()).hex
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Record:
     """What a finished build left: outputs (in ``request.outputs`` order) or its failure."""
@@ -88,7 +100,7 @@ class Record:
     @classmethod
     def of_build(cls, build: Build, *, elapsed: float) -> Record:
         r = build.request
-        return cls(key=r.digest.hex, ok=True, outputs=tuple(zip(r.outputs, build.outputs,
+        return cls(key=result_key(r), ok=True, outputs=tuple(zip(r.outputs, build.outputs,
                                                                 strict=True)),
                    needles=build.outputs_needles, exit_code=build.exit_code,
                    duration=build.duration, elapsed=elapsed, created=time.time())

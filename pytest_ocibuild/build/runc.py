@@ -53,6 +53,7 @@ class RuncRuntime:
     def __init__(self, binary: str = "runc", *, state_dir: Path | None = None) -> None:
         self.binary = binary
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+        self._usable: str | None = None  # the runc path once a check passed
 
     def __repr__(self) -> str:
         return f"RuncRuntime({self.binary!r}, state_dir={str(self.state_dir)!r})"
@@ -61,8 +62,13 @@ class RuncRuntime:
         return shutil.which(self.binary)
 
     def unavailable_reason(self) -> str | None:
-        """None if runc is usable; otherwise one line naming what is missing."""
+        """None if runc is usable; otherwise one line naming what is missing.
+
+        A passing check is remembered (per runc path), so builds do not pay for it again.
+        """
         path = self._path()
+        if path is not None and path == self._usable:
+            return None
         if path is None:
             return f"OCI runtime {self.binary!r} not found on PATH (install it: {INSTALL_HINT})"
         try:
@@ -78,6 +84,7 @@ class RuncRuntime:
             self._ensure_state_dir()
         except RuntimeUnavailable as e:
             return e.message
+        self._usable = path
         return None
 
     def run(

@@ -95,12 +95,13 @@ class NixBuilder:
     def __init__(self, executor: Executor, state: Path, *, settings: NixSettings,
                  progress: Callable[[str], None] | None = None,
                  store_root: str | Path = "/") -> None:
+        from pytest_ocibuild.build.results import SANDBOX_VERSION
         from pytest_ocibuild.nix.results import DrvResults
 
         self.executor = executor
         self.settings = settings
         self.sources = SourceCache(executor.store, Path(state) / "srcs", store_root=store_root)
-        self.results = DrvResults(executor.store, Path(state) / "drvs")
+        self.results = DrvResults(executor.store, Path(state) / f"drvs-v{SANDBOX_VERSION}")
         self.progress = progress
         self.store_root = store_root
         self._lock = threading.Lock()

@@ -20,7 +20,7 @@ from pytest_ocibuild.build.gc import verify
 from pytest_ocibuild.build.lifecycle import mounts_under, purge
 from pytest_ocibuild.build.request import BuildRequest, EnvVar
 from pytest_ocibuild.build.request_io import dump_request
-from pytest_ocibuild.build.results import ResultStore
+from pytest_ocibuild.build.results import ResultStore, result_key
 from pytest_ocibuild.build.runc import RuncRuntime
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Node
@@ -60,7 +60,7 @@ def test_sigkill_at_many_points(tmp_path: Path, root: Path, busybox: Node, provi
                            timeout=300, cwd=REPO)
     total = time.monotonic() - start
     assert child.returncode == 0, child.stderr
-    key = request(busybox, "committed").digest.hex
+    key = result_key(request(busybox, "committed"))
     assert ResultStore(root).get(key) is not None
 
     outcomes = []
@@ -76,7 +76,7 @@ def test_sigkill_at_many_points(tmp_path: Path, root: Path, busybox: Node, provi
                 "staging": len(LocalStore(root).staging_files())}
         purge(store_root=root, bundle_root=work / "bundles", runtime=runtime)
         assert_clean(root, work, runtime)
-        record = ResultStore(root).get(request(busybox, f"kill-{provider}-{i}").digest.hex)
+        record = ResultStore(root).get(result_key(request(busybox, f"kill-{provider}-{i}")))
         outcomes.append((left, record is not None))
 
     print(f"{provider}: whole build {total:.2f}s; after each kill: {outcomes}")

@@ -18,7 +18,7 @@ from pytest_ocibuild.build.executor import Executor
 from pytest_ocibuild.build.gc import df, gc, verify
 from pytest_ocibuild.build.lifecycle import mounts_under, purge
 from pytest_ocibuild.build.request_io import dump_request
-from pytest_ocibuild.build.results import ResultStore
+from pytest_ocibuild.build.results import ResultStore, result_key
 from pytest_ocibuild.build.runc import RuncRuntime
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import DirectoryNode, FileNode, Node
@@ -122,7 +122,7 @@ def test_gc_keeps_roots_and_recent_results(executor: Executor, busybox: Node,
     old = executor.build(sh(busybox, "mkdir out; echo old > out/f"))
     new = executor.build(sh(busybox, "mkdir out; echo new > out/f"))
     results = ResultStore(root)
-    os.utime(results.record_path(old.request.digest.hex), (time.time() - 10 * 86400,) * 2)
+    os.utime(results.record_path(result_key(old.request)), (time.time() - 10 * 86400,) * 2)
     stray = put_blob(executor.store, b"nobody refers to me")
     report = gc(root, max_age=86400, grace=0, roots=[busybox])
     assert report.records_removed == 1 and report.records_kept == 1
@@ -133,8 +133,8 @@ def test_gc_keeps_roots_and_recent_results(executor: Executor, busybox: Node,
     assert isinstance(new_dir, DirectoryNode) and isinstance(old_dir, DirectoryNode)
     assert store.get_directory(new_dir.digest) is not None
     assert store.get_directory(old_dir.digest) is None
-    assert results.get(old.request.digest.hex) is None
-    assert not results.log_path(old.request.digest.hex).exists()
+    assert results.get(result_key(old.request)) is None
+    assert not results.log_path(result_key(old.request)).exists()
     assert executor.build(new.request).cached
     assert verify(root).ok
 
@@ -146,9 +146,9 @@ def test_gc_size_budget_keeps_most_recently_used(executor: Executor, busybox: No
               for i in range(3)]
     results = ResultStore(root)
     for age, b in zip((30, 20, 10), builds, strict=True):
-        os.utime(results.record_path(b.request.digest.hex), (time.time() - age,) * 2)
+        os.utime(results.record_path(result_key(b.request)), (time.time() - age,) * 2)
     gc(root, max_size=250_000, grace=0)
-    kept = [results.get(b.request.digest.hex) is not None for b in builds]
+    kept = [results.get(result_key(b.request)) is not None for b in builds]
     assert kept == [False, True, True]
     assert not LocalStore(root).has_blob(busybox.digest)  # type: ignore[union-attr]
     assert gc(root, max_size=0, grace=0).records_removed == 2

@@ -14,7 +14,7 @@ import pytest
 from pytest_ocibuild.build.executor import Executor, open_executor
 from pytest_ocibuild.build.request import CacheMount
 from pytest_ocibuild.build.request_io import dump_request
-from pytest_ocibuild.build.results import Record, ResultStore
+from pytest_ocibuild.build.results import Record, ResultStore, result_key
 from pytest_ocibuild.castore.nodes import Node
 from pytest_ocibuild.castore.store import read_blob
 from pytest_ocibuild.errors import BuildFailed
@@ -75,9 +75,9 @@ def test_failures_are_not_cached_by_default(executor: Executor, busybox: Node) -
             executor.build(req)
         assert exc.value.exit_code == 3 and runs(executor) == expected_runs
     assert executor.results is not None
-    assert executor.results.get(req.digest.hex) is None
+    assert executor.results.get(result_key(req)) is None
     # ... but the log of the failed attempt is kept
-    assert "about to fail" in executor.results.log_path(req.digest.hex).read_text()
+    assert "about to fail" in executor.results.log_path(result_key(req)).read_text()
 
 
 def test_failures_are_cached_when_asked(executor_factory: Callable[..., Executor],
@@ -104,7 +104,7 @@ def test_timeouts_are_never_cached(executor_factory: Callable[..., Executor],
     req = sh(busybox, "sleep 30")
     with pytest.raises(BuildFailed, match="timed out"):
         ex.build(req, timeout=0.5)
-    assert ex.results is not None and ex.results.get(req.digest.hex) is None
+    assert ex.results is not None and ex.results.get(result_key(req)) is None
 
 
 def test_a_record_whose_outputs_are_gone_is_rebuilt(executor: Executor, busybox: Node,
@@ -122,9 +122,9 @@ def test_an_unreadable_record_is_a_miss(executor: Executor, busybox: Node, root:
     req = sh(busybox, "echo x > out")
     executor.build(req)
     results = ResultStore(root)
-    results.record_path(req.digest.hex).write_bytes(b'{"version": 1, "key": trunc')
+    results.record_path(result_key(req)).write_bytes(b'{"version": 1, "key": trunc')
     assert not executor.build(req).cached
-    assert results.get(req.digest.hex) is not None
+    assert results.get(result_key(req)) is not None
 
 
 def test_record_round_trip(busybox: Node) -> None:
@@ -151,7 +151,7 @@ def test_cli_build_cached_json_and_log(tmp_path: Path, busybox: Node, root: Path
     assert [o.returncode for o in outs] == [0, 0, 0], outs[0].stderr
     cached = [json.loads(o.stdout)["cached"] for o in outs]
     assert cached == [False, True, False]
-    key = json.loads(outs[0].stdout)["request"]
+    key = json.loads(outs[0].stdout)["key"]
     log = subprocess.run([sys.executable, "-m", "pytest_ocibuild", "log", key[:10], "--store",
                           str(root)], capture_output=True, text=True)
     assert log.returncode == 0 and "from-the-build" in log.stdout
