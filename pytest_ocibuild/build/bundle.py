@@ -169,6 +169,7 @@ def _make(layout: BundleLayout, spec: dict[str, Any], cache_dirs: Mapping[str, P
             _chown_or_keep(d, root_owner, 0o1775)
         else:
             _chown(d, owner, 0o700 if p == request.working_dir else 0o755)
+    _make_working_dir(layout, owner)
     if any(m.get("source") == DEV_SOURCE for m in spec.get("mounts", [])):
         dev = layout.bundle_dir / DEV_SOURCE
         dev.mkdir()
@@ -184,6 +185,21 @@ def _make(layout: BundleLayout, spec: dict[str, Any], cache_dirs: Mapping[str, P
             os.symlink(os.path.abspath(cache_dirs[c.name]), layout.bundle_dir / "caches" / c.name)
     # Last, so that a half-made bundle is never mistaken for a finished one.
     layout.config_path.write_text(json.dumps(spec, indent=2) + "\n")
+
+
+def _make_working_dir(layout: BundleLayout, owner: tuple[int, int]) -> None:
+    """A working dir below a scratch path is made now, owned by the build user (runc would
+    create it owned by container root, unwritable for the build)."""
+    found = find_path_in_scratch(layout.request.working_dir, layout.request.scratch_paths)
+    if found is None or not found[1]:
+        return  # outside every scratch path (read-only), or a scratch path itself
+    base = layout.scratch_dir(found[0])
+    cur = base
+    for part in found[1].split("/"):
+        cur = cur / part
+        if not cur.exists():
+            cur.mkdir()
+            _chown(cur, owner, 0o755)
 
 
 def _host_id(spec: dict[str, Any], key: str, container_id: int) -> int:

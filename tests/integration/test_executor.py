@@ -146,3 +146,9 @@ def test_keep_bundles(tmp_path: Path, executor: Executor, busybox: Node) -> None
     from pytest_ocibuild.build.executor import remove_tree
 
     remove_tree(kept[0])
+
+
+def test_working_dir_below_a_scratch_path_is_writable(executor: Executor, busybox: Node) -> None:
+    build = executor.build(sh(busybox, "echo x > f && pwd > /build/out && cat f >> /build/out",
+                              working_dir="build/src/deep"))
+    assert read_blob(executor.store, build.outputs[0].digest) == b"/build/src/deep\nx\n"

@@ -1,0 +1,344 @@
+"""Nix derivations in pytest: build them in our sandbox, optionally also with the real
+``nix-build``, and compare the two (the ``nix_build`` fixture; Nix YAML cases use the same).
+
+Our side evaluates with ``nix-instantiate`` into a private eval store (``/nix/store`` is left
+alone) and builds with ``NixBuilder`` over the session's castore. Nix's side runs
+``NIX_REMOTE= nix-build --option sandbox true --option substituters ''``, which of course
+writes ``/nix/store``. The comparison and its report are in ``nixdiff``.
+
+Heavy modules are imported when something is first built, not when pytest loads the plugin.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_ocibuild.errors import NixError, OcibuildError
+from pytest_ocibuild.plugin.nixdiff import Result, Side, compare, nix_side, run_nix_build
+from pytest_ocibuild.plugin.runner import get_runner
+
+if TYPE_CHECKING:
+    from pytest_ocibuild.castore.nodes import Node
+    from pytest_ocibuild.castore.store import Store
+    from pytest_ocibuild.nix.build import NixBuilder
+    from pytest_ocibuild.nix.closure import PathInfo
+    from pytest_ocibuild.plugin.case import Entry
+
+BUSYBOX = Path("/bin/busybox")
+RULE = "-" * 8
+
+
+@dataclass(frozen=True, slots=True)
+class NixTarget:
+    """What to build: ``file`` (with ``attr``, ``--arg``s and ``--argstr``s) or a ``.drv``."""
+
+    file: Path | None = None
+    attr: str | None = None
+    args: Mapping[str, str] = field(default_factory=dict)  # name → Nix expression
+    argstrs: Mapping[str, str] = field(default_factory=dict)  # name → string
+    drv: str | None = None
+
+    def argv(self) -> list[str]:
+        """The target as ``nix-build`` arguments."""
+        if self.drv is not None:
+            return [self.drv]
+        argv = [str(self.file)]
+        if self.attr:
+            argv += ["-A", self.attr]
+        for n, e in self.args.items():
+            argv += ["--arg", n, e]
+        for n, s in self.argstrs.items():
+            argv += ["--argstr", n, s]
+        return argv
+
+    def describe(self, root: Path | None = None) -> str:
+        """``nix/default.nix -A deps.a`` (the file relative to ``root`` when inside it)."""
+        if self.drv is not None:
+            return self.drv
+        file = str(self.file)
+        if root is not None and self.file is not None:
+            try:
+                file = self.file.relative_to(root).as_posix()
+            except ValueError:
+                pass
+        return f"{file} -A {self.attr}" if self.attr else file
+
+
+@dataclass
+class NixBuildResult:
+    """Our build of a derivation: its outputs by name, each a registered store path."""
+
+    drv_path: str
+    outputs: dict[str, PathInfo]
+    store: Store
+
+    def path(self, output: str = "out") -> str:
+        """The store path of ``output``."""
+        return self._info(output).path
+
+    def references(self, output: str = "out") -> tuple[str, ...]:
+        """The store paths ``output`` refers to, sorted (itself included if it does)."""
+        return self._info(output).references
+
+    def nar_hash(self, output: str = "out") -> str:
+        """The NAR hash of ``output`` in SRI form."""
+        return self._info(output).nar_hash.sri
+
+    def node(self, output: str = "out") -> Node:
+        """The castore node of ``output``."""
+        return self._info(output).node
+
+    def entries(self, output: str = "out") -> dict[str, Entry]:
+        """``output`` as ``{path: Entry}`` (``"."`` is the root when it is not a directory)."""
+        from pytest_ocibuild.plugin.trees import actual_tree
+
+        return actual_tree(self.store, self.node(output), contents=1 << 20)
+
+    def tree(self, output: str = "out") -> dict[str, Any]:
+        """``output`` in case notation, ready to compare with a dict literal."""
+        from pytest_ocibuild.plugin.trees import to_notation
+
+        return to_notation(self.entries(output))
+
+    def read(self, output: str = "out", path: str = ".") -> bytes:
+        """The bytes of one file in ``output`` (``"."``: the output itself)."""
+        entry = self.entries(output).get(path)
+        if entry is None or entry.kind != "file" or entry.contents is None:
+            raise FileNotFoundError(f"{output}: {path}: not a file (or larger than 1 MiB)")
+        return entry.contents
+
+    def export(self, output: str, dest: Path) -> Path:
+        """Write ``output`` to ``dest`` (which must not exist) as files."""
+        from pytest_ocibuild.castore.ingest import export
+
+        export(self.store, self.node(output), dest)
+        return dest
+
+    def _info(self, output: str) -> PathInfo:
+        try:
+            return self.outputs[output]
+        except KeyError:
+            raise KeyError(f"{output!r} is not an output of {self.drv_path} "
+                           f"({sorted(self.outputs)})") from None
+
+
+@dataclass
+class NixComparison:
+    """Our build against nix-build's: ``differences`` is empty when they agree."""
+
+    target: NixTarget
+    ours: NixBuildResult | OcibuildError
+    nix: Result
+    differences: list[str]
+
+    @property
+    def agree(self) -> bool:
+        return not self.differences
+
+    def report(self, root: Path | None = None) -> str:
+        """The readable difference report (``""`` when they agree)."""
+        if self.agree:
+            return ""
+        return "\n".join([f"{RULE} ours vs nix-build: {self.target.describe(root)} {RULE}",
+                          *self.differences])
+
+
+class NixSession:
+    """Per pytest process: the busybox directory, the builder and its private eval store."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self._lock = threading.RLock()
+        self._bbdir: Path | None = None
+        self._builder: NixBuilder | None = None
+        self._exports = itertools.count()
+
+    @property
+    def work_dir(self) -> Path:
+        path = get_runner(self.config).work_dir / "nix"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def bbdir(self) -> Path:
+        """A directory holding only a copy of /bin/busybox (``--arg bbdir`` of nix/)."""
+        with self._lock:
+            if self._bbdir is None:
+                if not BUSYBOX.exists():
+                    raise NixError(f"bbdir: auto needs {BUSYBOX} (apt-get install "
+                                   "busybox-static)")
+                d = self.work_dir / "busybox-dir"
+                d.mkdir(exist_ok=True)
+                if not (d / "busybox").exists():
+                    shutil.copy2(BUSYBOX, d / "busybox.tmp")
+                    os.replace(d / "busybox.tmp", d / "busybox")
+                self._bbdir = d
+            return self._bbdir
+
+    @property
+    def eval_store(self) -> Path:
+        """The private store ``nix-instantiate`` writes .drv files and sources into."""
+        path = self.work_dir / "eval-store"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def builder(self) -> NixBuilder:
+        with self._lock:
+            if self._builder is None:
+                from pytest_ocibuild.nix.build import NixBuilder
+                from pytest_ocibuild.nix.command import settings_from_nix
+
+                runner = get_runner(self.config)
+                executor = runner.new_executor(self.work_dir / "bundles")
+                self._builder = NixBuilder(
+                    executor, self.work_dir / "state",
+                    settings=settings_from_nix(),  # type: ignore[arg-type]
+                    store_root=self.eval_store)
+            return self._builder
+
+    def instantiate(self, target: NixTarget) -> str:
+        """The .drv path of ``target`` (a ``.nix`` file is evaluated into the eval store)."""
+        if target.drv is not None:
+            return target.drv
+        from pytest_ocibuild.nix.evaluate import instantiate
+
+        return instantiate(target.file or "", attr=target.attr, args=dict(target.args),
+                           argstrs=dict(target.argstrs), store_root=self.eval_store)
+
+    def build(self, target: NixTarget) -> NixBuildResult:
+        """Build ``target`` in our sandbox; raises BuildFailed or NixError."""
+        drv_path = self.instantiate(target)
+        builder = self.builder()
+        if target.drv is not None:
+            builder = _with_root(builder, "/")
+        outputs = builder.build(drv_path)
+        return NixBuildResult(drv_path, dict(outputs), builder.executor.store)
+
+    def outcome(self, target: NixTarget) -> NixBuildResult | OcibuildError:
+        """Our build, or why there is none."""
+        try:
+            return self.build(target)
+        except OcibuildError as e:
+            return e
+
+    def nix_build(self, target: NixTarget) -> Result:
+        """Build ``target`` with the real nix-build (in Nix's sandbox)."""
+        return run_nix_build(target.argv(), cwd=self.config.rootpath)
+
+    def compare(self, target: NixTarget,
+                ours: NixBuildResult | OcibuildError | None = None) -> NixComparison:
+        """Build ``target`` with nix-build too (and ours, unless given) and compare."""
+        if ours is None:
+            ours = self.outcome(target)
+        nix = self.nix_build(target)
+        return NixComparison(target, ours, nix,
+                             compare(self.side(ours), nix_side(nix), nix_stderr=nix.stderr))
+
+    def side(self, ours: NixBuildResult | OcibuildError) -> Side:
+        """Our outcome in the comparison's terms (the outputs exported to compare files)."""
+        from pytest_ocibuild.plugin.nixdiff import OutputInfo
+
+        if isinstance(ours, OcibuildError):
+            return Side(error=ours.message, detail=ours.detail)
+        base = self.work_dir / "exports" / str(next(self._exports))
+        side = Side(drv_path=ours.drv_path)
+        for name, info in ours.outputs.items():
+            side.outputs[name] = OutputInfo(info.path, info.nar_hash.sri, info.nar_size,
+                                            sorted(info.references))
+            side.trees[name] = ours.export(name, base / name)
+        return side
+
+
+def _with_root(builder: NixBuilder, root: str) -> NixBuilder:
+    """A builder sharing ``builder``'s executor and state that reads .drv files under ``root``."""
+    from pytest_ocibuild.nix.build import NixBuilder
+
+    return NixBuilder(builder.executor, builder.results.root.parent, settings=builder.settings,
+                      store_root=root)
+
+
+NIX_SESSION_KEY = pytest.StashKey[NixSession]()
+
+
+def get_nix_session(config: pytest.Config) -> NixSession:
+    """The NixSession of this pytest process (created on first use)."""
+    session = config.stash.get(NIX_SESSION_KEY, None)
+    if session is None:
+        session = config.stash[NIX_SESSION_KEY] = NixSession(config)
+    return session
+
+
+class NixBuild:
+    """What the ``nix_build`` fixture gives a test. Targets are a ``.nix`` file (relative to
+    the rootdir) with ``attr``, ``args`` (name → Nix expression, or a Path) and ``argstrs``,
+    or a ``/nix/store/….drv`` path."""
+
+    def __init__(self, session: NixSession) -> None:
+        self.session = session
+
+    @property
+    def bbdir(self) -> Path:
+        """A session directory holding only a copy of /bin/busybox: ``args={"bbdir": ...}``."""
+        return self.session.bbdir
+
+    def target(self, file: str | Path, attr: str | None = None, *,
+               args: Mapping[str, str | Path] | None = None,
+               argstrs: Mapping[str, str] | None = None) -> NixTarget:
+        """A NixTarget: ``file`` may be a ``.drv`` path (then no attr or args)."""
+        text = str(file)
+        if text.endswith(".drv"):
+            if attr or args or argstrs:
+                raise ValueError("attr, args and argstrs apply to .nix files, not to a .drv")
+            return NixTarget(drv=os.path.realpath(text) if not text.startswith("/nix/store/")
+                             else text)
+        path = Path(file)
+        if not path.is_absolute():
+            path = self.session.config.rootpath / path
+        return NixTarget(file=path, attr=attr,
+                         args={k: str(v) for k, v in (args or {}).items()},
+                         argstrs=dict(argstrs or {}))
+
+    def build(self, file: str | Path, attr: str | None = None, *,
+              args: Mapping[str, str | Path] | None = None,
+              argstrs: Mapping[str, str] | None = None) -> NixBuildResult:
+        """Build in our sandbox; raises BuildFailed (or NixError for evaluation problems)."""
+        return self.session.build(self.target(file, attr, args=args, argstrs=argstrs))
+
+    __call__ = build
+
+    def compare(self, file: str | Path, attr: str | None = None, *,
+                args: Mapping[str, str | Path] | None = None,
+                argstrs: Mapping[str, str] | None = None) -> NixComparison:
+        """Build both ways (ours and nix-build) and compare; see ``NixComparison``."""
+        return self.session.compare(self.target(file, attr, args=args, argstrs=argstrs))
+
+    def assert_same_as_nix(self, file: str | Path, attr: str | None = None, *,
+                           args: Mapping[str, str | Path] | None = None,
+                           argstrs: Mapping[str, str] | None = None) -> NixComparison:
+        """``compare``, failing the test with the difference report when they disagree."""
+        result = self.compare(file, attr, args=args, argstrs=argstrs)
+        if not result.agree:
+            pytest.fail(result.report(self.session.config.rootpath), pytrace=False)
+        return result
+
+
+@pytest.fixture
+def nix_build(pytestconfig: pytest.Config) -> NixBuild:
+    """Build Nix derivations in the OCI sandbox and compare them with nix-build.
+
+    ``nix_build.build(file, attr, args=..., argstrs=...)`` (or a ``.drv`` path) returns a
+    ``NixBuildResult`` (``.path``, ``.references``, ``.nar_hash``, ``.tree``, ``.read`` per
+    output); ``.compare(...)`` returns a ``NixComparison`` (``.agree``, ``.differences``,
+    ``.report()``); ``.assert_same_as_nix(...)`` fails the test with the report.
+    ``nix_build.bbdir`` is a directory holding only a copy of /bin/busybox.
+    """
+    return NixBuild(get_nix_session(pytestconfig))
