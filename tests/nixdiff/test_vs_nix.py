@@ -112,9 +112,30 @@ def test_index_matches_files(index: dict[str, tuple[str | None, str]]) -> None:
     assert sorted(index) == sorted(CASES)
 
 
+# Differences we know and cannot close with runc 1.1.5 (docs/nix-sandbox.md, "runc limits").
+# Strict: a case that starts agreeing fails the run, so this list cannot go stale.
+KNOWN_DIFFERENCES = {
+    "attrs.odd-env": "runc refuses environment names starting with '=' (we refuse them too)",
+    "attrs.odd-environ": "runc refuses environment names starting with '=' (we refuse them too)",
+    "sandbox.proc": "runc 1.1.5 needs container 0 mapped (two uid_map lines) and writes "
+                    "setgroups 'allow' when run as root",
+    "sandbox.fs": "container 0 maps to the caller, so host-root files show 0:0, not 65534",
+    "sandbox.dev": "owners 0:0 (as sandbox.fs); no /dev/kvm (needs a kvm system feature)",
+    "sandbox.mounts": "runc leaves /dev alone only when something is bound at /dev: one "
+                      "extra mount line; no /dev/kvm",
+}
+
+
+def _param(case: str) -> object:
+    if case in KNOWN_DIFFERENCES:
+        return pytest.param(case, marks=pytest.mark.xfail(
+            strict=True, reason=KNOWN_DIFFERENCES[case]))
+    return case
+
+
 @pytest.mark.nix
 @needs_nix_build
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_vs_nix(case: str, bbdir: Path, index: dict[str, tuple[str | None, str]],
                 corpus_prefixes: set[str], tmp_path: Path) -> None:
     with store_lock(exclusive=False):
