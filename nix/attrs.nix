@@ -38,6 +38,10 @@ rec {
     bar = "bar contents\n"; baz = "bäz ☃ no newline"; empty = ""; ref = "see ${c}";
     foo = "plain"; passAsFile = [ "bar" "baz" "empty" "ref" ];
   };
+  # passAsFile with plain values: an output without store paths (cases/nix.yaml checks its tree)
+  pass-as-file-plain = mk "attrs-pass-as-file-plain" ''
+    cat "$textPath" > $out; echo "text=''${text-unset} path=$textPath" >> $out
+  '' { text = "passed as a file\n"; passAsFile = [ "text" ]; };
 
   # builtins.placeholder is replaced by the output path in env, args and passAsFile files
   # (out refers to dev, not the other way: outputs may not form a cycle)

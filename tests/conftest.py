@@ -1,6 +1,31 @@
 """Suite-wide configuration: pytester for the plugin tests (only a top-level conftest may
-declare plugins)."""
+declare plugins), and a private result store so the suite never touches ~/.cache."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
+import pytest
+
 pytest_plugins = ["pytester"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point the plugin's default store (``$OCIBUILD_STORE``) at a throwaway directory.
+
+    Without it, the ``castore``/``ocibuild_sandbox`` fixtures and every ``open_executor()``
+    without a store would use the persistent ~/.cache/ocibuild/store. xdist workers inherit
+    the variable from the controller; an explicit ``$OCIBUILD_STORE`` is left alone.
+    """
+    if os.environ.get("OCIBUILD_STORE") or hasattr(config, "workerinput"):
+        return
+    path = tempfile.mkdtemp(prefix="ocibuild-test-store-")
+    os.environ["OCIBUILD_STORE"] = path
+
+    def cleanup() -> None:
+        os.environ.pop("OCIBUILD_STORE", None)
+        shutil.rmtree(path, ignore_errors=True)
+
+    config.add_cleanup(cleanup)

@@ -30,7 +30,7 @@ from pytest_ocibuild.build.caches import CacheStore
 from pytest_ocibuild.build.ids import IdMaps
 from pytest_ocibuild.build.inputs import InputProvider, open_input_provider
 from pytest_ocibuild.build.refscan import scan_path
-from pytest_ocibuild.build.request import Build, BuildRequest
+from pytest_ocibuild.build.request import STREAMS, Build, BuildRequest
 from pytest_ocibuild.build.results import (
     CacheStats,
     Record,
@@ -183,10 +183,12 @@ class Executor:
         log_path: str | None = str(stored) if stored.exists() else None
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                shutil.copyfile(stored, log)
-            except FileNotFoundError:
-                log.write_bytes(b"")
+            for source, target in ((stored, log), *((f"{stored}.{s}", f"{log}.{s}")
+                                                    for s in STREAMS)):
+                try:
+                    shutil.copyfile(source, target)
+                except FileNotFoundError:
+                    Path(target).write_bytes(b"")
             log_path = str(log)
         self.stats.hit(record.elapsed - (time.monotonic() - start))
         if not record.ok:
@@ -220,7 +222,8 @@ class Executor:
         bundle_dir = self.bundle_root / cid
         log_path = log or self.bundle_root / "logs" / f"{cid}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_bytes(b"")
+        for path in (log_path, *(Path(f"{log_path}.{s}") for s in STREAMS)):
+            path.write_bytes(b"")  # the runtime appends: both streams, and each alone
         with self._slots.acquire(), contextlib.ExitStack() as stack:
             clones = {c.name: stack.enter_context(self.caches.use(  # type: ignore[union-attr]
                 c.name, owner=build_owner(spec))) for c in request.caches}

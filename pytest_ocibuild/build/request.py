@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -258,6 +259,16 @@ class Build:
     log_path: str | None = None
     cached: bool = False  # True: taken from the result cache, nothing ran
 
+    @property
+    def stdout_path(self) -> str | None:
+        """The build's stdout alone (``<log_path>.stdout``), beside the combined log."""
+        return stream_path(self.log_path, "stdout")
+
+    @property
+    def stderr_path(self) -> str | None:
+        """The build's stderr alone (``<log_path>.stderr``), beside the combined log."""
+        return stream_path(self.log_path, "stderr")
+
     def output(self, path: str) -> Node:
         """The node produced for output ``path`` (KeyError if not an output)."""
         return self.outputs[self.request.outputs.index(path)]
@@ -280,6 +291,18 @@ class Build:
             "log": self.log_path,
             "cached": self.cached,
         }
+
+
+STREAMS = ("stdout", "stderr")
+
+
+def stream_path(log_path: str | os.PathLike[str] | None, stream: str) -> str | None:
+    """Where ``stream`` (stdout or stderr) of the build logging to ``log_path`` is kept alone.
+
+    The runtime writes both streams, in order, to the log and each to ``<log>.<stream>``; the
+    result cache keeps the stream files beside its copy of the log likewise.
+    """
+    return None if log_path is None else f"{os.fspath(log_path)}.{stream}"
 
 
 def node_to_dict(node: Node) -> dict[str, Any]:

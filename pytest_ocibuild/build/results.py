@@ -5,6 +5,7 @@ is a complete cache key, as OBuilder's build id is. Layout next to the castore u
 
     results/<2 hex>/<64 hex>.json   a Record (outputs as nodes, needles, timings, status)
     logs/<2 hex>/<64 hex>.log       the log of the latest finished attempt of that request
+    logs/<2 hex>/<64 hex>.log.stdout, .log.stderr   the same attempt's streams, each alone
     locks/<64 hex>.lock             flock held while one process builds the request
     tmp/                            staging files (shared with LocalStore), renamed into place
 
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ocibuild.build.atomic import atomic_copy, atomic_write, file_lock
-from pytest_ocibuild.build.request import Build, BuildRequest, node_to_dict
+from pytest_ocibuild.build.request import STREAMS, Build, BuildRequest, node_to_dict
 from pytest_ocibuild.castore.digest import Digest
 from pytest_ocibuild.castore.nodes import Node
 from pytest_ocibuild.errors import InvalidRequest, StoreError
@@ -194,8 +195,17 @@ class ResultStore:
                      fsync=self.fsync)
 
     def save_log(self, key: str, log: Path) -> Path:
-        """Keep a copy of ``log`` as ``key``'s log; returns where."""
+        """Keep a copy of ``log`` as ``key``'s log; returns where.
+
+        The per-stream files ``<log>.stdout`` / ``<log>.stderr`` are kept beside it
+        (``<key>.log.stdout`` ...) when they exist; they are copied first, so a log that
+        is in place has its streams too.
+        """
         target = self.log_path(key)
+        for stream in STREAMS:
+            source = Path(f"{log}.{stream}")
+            if source.exists():
+                atomic_copy(source, Path(f"{target}.{stream}"), self.tmp_dir, fsync=self.fsync)
         atomic_copy(log, target, self.tmp_dir, fsync=self.fsync)
         return target
 
@@ -203,8 +213,9 @@ class ResultStore:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.record_path(key))
         if log:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.log_path(key))
+            for path in (self.log_path(key), *(f"{self.log_path(key)}.{s}" for s in STREAMS)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:

@@ -93,9 +93,10 @@ class RuncRuntime:
         """``runc run`` the bundle; output appended to ``log``; the container is always deleted.
 
         The container runs detached under a small reaper process (see ``reaper``), so the
-        build's stdin is /dev/null itself and its stdout and stderr are the log file itself
-        (one open file: the two streams stay in order), not pipes pumped by runc; the
-        reaper waits for the container's init and exits with its status.
+        build's stdin is /dev/null itself, not a pipe pumped by runc. Its stdout and stderr
+        are two pipes the reaper drains: each chunk goes to ``log`` (both streams, in the
+        order read) and to ``<log>.stdout`` or ``<log>.stderr`` (appended to). The reaper
+        waits for the container's init and exits with its status.
 
         A build's non-zero exit (or a command runc cannot exec: code 127) is an ExitStatus;
         runc failing to create the container raises RuntimeUnavailable (kernel/permission
@@ -112,7 +113,7 @@ class RuncRuntime:
         runc_log.unlink(missing_ok=True)
         pid_file = state / f"{container_id}.pid"
         pid_file.unlink(missing_ok=True)
-        cmd = [sys.executable, "-I", "-S", REAPER, str(pid_file), f"{PERSONALITY:x}",
+        cmd = [sys.executable, "-I", "-S", REAPER, str(pid_file), f"{PERSONALITY:x}", str(log),
                path, "--root", str(state), "--log", str(runc_log), "--log-format", "json",
                "run", "--detach", "--pid-file", str(pid_file), "--bundle", str(bundle),
                container_id]

@@ -30,6 +30,8 @@ class Runtime(Protocol):
     ) -> ExitStatus:
         """Run the bundle's process; stdout and stderr are appended to ``log``; stdin /dev/null.
 
+        Each stream is also appended on its own to ``<log>.stdout`` / ``<log>.stderr``.
+
         On timeout (or KeyboardInterrupt) the container is killed; in every case it is
         deleted before returning. Raises RuntimeUnavailable when the runtime cannot start
         containers at all (missing binary, kernel refuses namespaces).

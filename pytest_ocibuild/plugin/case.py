@@ -72,8 +72,12 @@ class Expectation:
     """What a case checks after its build."""
 
     failure: Failure | None = None
-    log: tuple[re.Pattern[str], ...] = ()
+    log: tuple[re.Pattern[str], ...] = ()  # the combined log: stdout and stderr
     log_not: tuple[re.Pattern[str], ...] = ()
+    stdout: tuple[re.Pattern[str], ...] = ()
+    stdout_not: tuple[re.Pattern[str], ...] = ()
+    stderr: tuple[re.Pattern[str], ...] = ()
+    stderr_not: tuple[re.Pattern[str], ...] = ()
     outputs: Mapping[str, Mapping[str, Entry]] = field(default_factory=dict)
     references: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     root_digests: Mapping[str, str] = field(default_factory=dict)
@@ -125,6 +129,11 @@ def load_case_file(path: Path) -> list[Case | BadCase]:
         try:
             if not NAME.match(name):
                 raise _Problem((), "case names use letters, digits, '_', '-' and '.'")
+            if isinstance(body, dict) and "nix" in body:  # a Nix case (plugin/nixcase.py)
+                from pytest_ocibuild.plugin.nixcase import parse_nix_case
+
+                cases.append(parse_nix_case(name, body, path, lines))  # type: ignore[arg-type]
+                continue
             cases.append(_parse_case(name, body, path, lines))
         except _Problem as p:
             where = lines.line((name, *p.path))
@@ -310,6 +319,8 @@ def _expectation(expect: Mapping[str, Any], outputs: tuple[str, ...]) -> Expecta
         failure=failure,
         log=_regexes(expect.get("log", []), ("expect", "log")),
         log_not=_regexes(expect.get("log_not", []), ("expect", "log_not")),
+        **{key: _regexes(expect.get(key, []), ("expect", key))
+           for key in ("stdout", "stdout_not", "stderr", "stderr_not")},
         outputs={o: _tree(t, ("expect", "outputs", o))
                  for o, t in expect.get("outputs", {}).items()},
         references={o: tuple(r) for o, r in expect.get("references", {}).items()},

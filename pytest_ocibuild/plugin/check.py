@@ -39,16 +39,29 @@ def check_outcome(case: Case, outcome: Build | OcibuildError, store: Store) -> l
             f"the build succeeded, but a failure ({expect.failure.reason}) was expected"))
     else:
         problems += _check_outputs(case, outcome, store)
-    log = read_log(_log_path(outcome))
-    for pattern in expect.log:
-        if not pattern.search(log):
-            problems.append(Problem(f"the build log does not match {pattern.pattern!r}"))
-    for pattern in expect.log_not:
-        found = pattern.search(log)
-        if found:
-            problems.append(Problem(
-                f"the build log matches {pattern.pattern!r} (found {found.group(0)!r:.60})"))
+    log_path = _log_path(outcome)
+    for what, path, want, unwanted in (
+        ("the build log", log_path, expect.log, expect.log_not),
+        ("stdout", stream(log_path, "stdout"), expect.stdout, expect.stdout_not),
+        ("stderr", stream(log_path, "stderr"), expect.stderr, expect.stderr_not),
+    ):
+        if not want and not unwanted:
+            continue
+        text = read_log(path)
+        for pattern in want:
+            if not pattern.search(text):
+                problems.append(Problem(f"{what} does not match {pattern.pattern!r}"))
+        for pattern in unwanted:
+            found = pattern.search(text)
+            if found:
+                problems.append(Problem(
+                    f"{what} matches {pattern.pattern!r} (found {found.group(0)!r:.60})"))
     return problems
+
+
+def stream(log: Path | None, name: str) -> Path | None:
+    """The file holding only ``name`` (stdout or stderr) of the build that wrote ``log``."""
+    return None if log is None else Path(f"{log}.{name}")
 
 
 def _check_failure(case: Case, err: OcibuildError) -> list[Problem]:

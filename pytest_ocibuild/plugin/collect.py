@@ -39,6 +39,11 @@ class CaseFile(pytest.File):
                 yield InvalidCaseItem.from_parent(self, name=case.name, message=case.message,
                                                   line=case.line)
                 continue
+            if getattr(case, "is_nix", False):  # a Nix case (plugin/nixcase.py)
+                from pytest_ocibuild.plugin.nixcase import nix_case_item
+
+                yield nix_case_item(self, case)  # type: ignore[arg-type]
+                continue
             item: pytest.Item
             try:
                 item = CaseItem.from_parent(self, name=case.name, case=case)

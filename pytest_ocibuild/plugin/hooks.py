@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from pytest_ocibuild.plugin.fixtures import bundle_root, castore, ocibuild_sandbox
-from pytest_ocibuild.plugin.runner import RUNNER_KEY, Runner
+from pytest_ocibuild.plugin.nixbuild import add_nix_options, nix_build
+from pytest_ocibuild.plugin.runner import RUNNER_KEY, WORKER_STATS_KEY, Runner, get_runner
 from pytest_ocibuild.plugin.settings import SETTINGS_KEY, add_options, read_settings
 
-__all__ = ["bundle_root", "castore", "ocibuild_sandbox"]
+__all__ = ["bundle_root", "castore", "nix_build", "ocibuild_sandbox"]
 
 MARKER = ("ocibuild(timeout=None, inputs=None): a sandboxed build test; on a test using "
           "ocibuild_sandbox, overrides the per-build timeout and input provider. YAML cases "
@@ -26,6 +27,7 @@ CASES_GLOB_KEY = pytest.StashKey[re.Pattern[str]]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     """The ``ocibuild`` option group and its ini twins."""
     add_options(parser)
+    add_nix_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -40,6 +42,30 @@ def pytest_configure(config: pytest.Config) -> None:
         from pytest_ocibuild.plugin.xdist import XdistHooks
 
         config.pluginmanager.register(XdistHooks(runner), "ocibuild-xdist")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its cache stats to the controller (a plain dict)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput[WORKER_STATS_KEY] = get_runner(session.config).cache_stats()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """``ocibuild: N builds, H cached (hits), M built (misses), S saved`` (all workers)."""
+    stats = get_runner(terminalreporter.config).cache_stats()
+    line = format_stats(stats)
+    if line:
+        terminalreporter.write_line(line)
+
+
+def format_stats(stats: dict[str, float]) -> str:
+    """The summary line of cache stats ("" when nothing was built or looked up)."""
+    hits, misses = int(stats.get("hits", 0)), int(stats.get("misses", 0))
+    if not hits + misses:
+        return ""
+    return (f"ocibuild: {hits + misses} builds, {hits} cached (hits), {misses} built (misses), "
+            f"{float(stats.get('time_saved', 0)):.1f}s saved")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

@@ -11,6 +11,7 @@ Heavy modules are imported when something is first built, not when pytest loads 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -66,10 +67,8 @@ class NixTarget:
             return self.drv
         file = str(self.file)
         if root is not None and self.file is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 file = self.file.relative_to(root).as_posix()
-            except ValueError:
-                pass
         return f"{file} -A {self.attr}" if self.attr else file
 
 
@@ -342,3 +341,29 @@ def nix_build(pytestconfig: pytest.Config) -> NixBuild:
     ``nix_build.bbdir`` is a directory holding only a copy of /bin/busybox.
     """
     return NixBuild(get_nix_session(pytestconfig))
+
+
+COMPARE_NIX_HELP = ("also build every Nix case with nix-build and fail when they disagree "
+                    "(as if each said compare: nix)")
+
+
+def add_nix_options(parser: pytest.Parser) -> None:
+    """``--ocibuild-compare-nix`` and its ini twin ``ocibuild_compare_nix``."""
+    group = parser.getgroup("ocibuild", "sandboxed OCI builds (pytest-ocibuild)")
+    group.addoption("--ocibuild-compare-nix", action="store_true", default=None,
+                    dest="ocibuild_compare_nix", help=COMPARE_NIX_HELP)
+    parser.addini("ocibuild_compare_nix", f"{COMPARE_NIX_HELP} (default: false)",
+                  default="false")
+
+
+def compare_all(config: pytest.Config) -> bool:
+    """Whether every Nix case is compared with nix-build."""
+    value = config.getoption("ocibuild_compare_nix", None)
+    if value is None:
+        value = config.getini("ocibuild_compare_nix")
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise pytest.UsageError(f"ocibuild_compare_nix: {value!r} is not a boolean (true/false)")

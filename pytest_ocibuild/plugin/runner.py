@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from pytest_ocibuild.plugin.case import BadCase, Case, CaseInput
 
 WORKER_STORE_KEY = "ocibuild_store"  # workerinput key holding the store directory
+WORKER_STATS_KEY = "ocibuild_stats"  # workeroutput key: the worker's cache stats (plain dict)
+STAT_FIELDS = ("hits", "misses", "time_saved")
 
 
 class Runner:
@@ -44,6 +46,8 @@ class Runner:
         self._work_dir: Path | None = None
         self._store: Store | None = None
         self._executors: dict[str, Executor] = {}
+        self._all_executors: list[Executor] = []  # every executor made, for cache stats
+        self._remote_stats: dict[str, float] = dict.fromkeys(STAT_FIELDS, 0)  # xdist workers
         self._files: dict[Path, list[Case | BadCase]] = {}
         self._hosts: dict[Path, Node] = {}
         self._built: dict[tuple[Path, str], Build | OcibuildError] = {}
@@ -59,7 +63,11 @@ class Runner:
 
     @property
     def store_dir(self) -> Path:
-        """The castore directory every process of this run shares."""
+        """The castore (and result cache) directory every process of this run shares.
+
+        ``--ocibuild-store``, else ``$OCIBUILD_STORE``, else ``~/.cache/ocibuild/store``: it
+        persists, so a later run finds the results of this one.
+        """
         with self._lock:
             if self._store_dir is None:
                 workerinput = getattr(self.config, "workerinput", {})
@@ -68,7 +76,9 @@ class Runner:
                 elif WORKER_STORE_KEY in workerinput:
                     self._store_dir = Path(workerinput[WORKER_STORE_KEY])
                 else:
-                    self._store_dir = self._tmp_factory().getbasetemp() / "ocibuild-store"
+                    from pytest_ocibuild.build.executor import default_store_dir
+
+                    self._store_dir = default_store_dir()
                 self._store_dir.mkdir(parents=True, exist_ok=True)
             return self._store_dir
 
@@ -97,15 +107,38 @@ class Runner:
             return self._store
 
     def new_executor(self, bundle_root: Path, **overrides: Any) -> Executor:
-        """An executor over the shared store with the session settings (plus ``overrides``)."""
+        """An executor over the shared store with the session settings (plus ``overrides``).
+
+        It uses the store's result cache (unless ``--ocibuild-no-cache``), deterministic
+        failures (exit code, missing output) included; timeouts always run again.
+        """
         from pytest_ocibuild.build.executor import open_executor
 
         kwargs: dict[str, Any] = {
             "runtime": self.settings.runtime, "inputs": self.settings.inputs,
             "keep_bundles": self.settings.keep_bundles, "timeout": self.settings.timeout,
+            "cache": not self.settings.no_cache, "cache_failures": True,
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        return open_executor(store=self.store_dir, bundle_root=bundle_root, **kwargs)
+        executor = open_executor(store=self.store_dir, bundle_root=bundle_root, **kwargs)
+        with self._lock:
+            self._all_executors.append(executor)
+        return executor
+
+    def cache_stats(self) -> dict[str, float]:
+        """Hits, misses and seconds saved of this process's builds plus those workers sent."""
+        with self._lock:
+            total = dict(self._remote_stats)
+            for executor in self._all_executors:
+                for key, value in executor.stats.to_dict().items():
+                    total[key] = total.get(key, 0) + value
+        return total
+
+    def add_worker_stats(self, stats: dict[str, float]) -> None:
+        """Add the cache stats an xdist worker reported (``workeroutput``)."""
+        with self._lock:
+            for key in STAT_FIELDS:
+                self._remote_stats[key] += float(stats.get(key, 0))
 
     def executor(self, provider: str | None = None) -> Executor:
         """The executor YAML cases run on (one per process and input provider)."""

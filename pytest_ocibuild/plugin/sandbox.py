@@ -78,8 +78,21 @@ class BuildResult:
     @property
     def log(self) -> str:
         """The build's combined stdout and stderr."""
-        path = self.build.log_path
-        return Path(path).read_bytes().decode(errors="replace") if path else ""
+        return _read_text(self.build.log_path)
+
+    @property
+    def stdout(self) -> str:
+        """The build's stdout alone."""
+        return _read_text(self.build.stdout_path)
+
+    @property
+    def stderr(self) -> str:
+        """The build's stderr alone."""
+        return _read_text(self.build.stderr_path)
+
+
+def _read_text(path: str | None) -> str:
+    return Path(path).read_bytes().decode(errors="replace") if path else ""
 
 
 class Sandbox:

@@ -40,7 +40,7 @@ class YamlError(Exception):
 
 def load_yaml(text: str) -> tuple[Any, Lines]:
     """Parse one YAML document (safe tags only); duplicate keys are an error."""
-    loader = yaml.SafeLoader(text)
+    loader = _LOADER(text)
     try:
         node = loader.get_single_node()
         lines = Lines()
@@ -56,6 +56,8 @@ def load_yaml(text: str) -> tuple[Any, Lines]:
 
 
 _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+# libyaml's parser (same nodes, marks and errors) is ~8x faster than the pure-Python one.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, lines: Lines) -> Any:
@@ -125,6 +127,10 @@ _EXPECT = {
         "failure": _FAILURE,
         "log": _STRINGS,
         "log_not": _STRINGS,
+        "stdout": _STRINGS,
+        "stdout_not": _STRINGS,
+        "stderr": _STRINGS,
+        "stderr_not": _STRINGS,
         "outputs": {"type": "object", "additionalProperties": _TREE},
         "references": {"type": "object", "additionalProperties": _STRINGS},
         "root_digests": {"type": "object", "additionalProperties": _HEX},

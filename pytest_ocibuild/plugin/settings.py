@@ -27,8 +27,8 @@ class Option:
 
 
 OPTIONS = (
-    Option("store", "store", "castore directory shared by all xdist workers "
-           "(default: a fresh directory under pytest's basetemp)", ""),
+    Option("store", "store", "castore and result cache directory, shared by runs and xdist "
+           "workers (default: $OCIBUILD_STORE, else ~/.cache/ocibuild/store)", ""),
     Option("runtime", "runtime", "OCI runtime binary, a name on PATH or a path", "runc"),
     Option("timeout", "timeout", "default per-build timeout in seconds (0: none)", "0"),
     Option("keep_bundles", "keep-bundles", "keep OCI bundles after builds, for debugging",
@@ -37,6 +37,8 @@ OPTIONS = (
     Option("cases", "cases", "glob (relative to rootdir; ** spans directories) of YAML case "
            "files to collect", "cases/**/*.yaml"),
     Option("progress", "progress", "report a running build every N seconds (0: never)", "10"),
+    Option("no_cache", "no-cache", "build every case again instead of using recorded results "
+           "(results are still recorded)", "false", is_bool=True),
 )
 
 
@@ -44,13 +46,14 @@ OPTIONS = (
 class Settings:
     """Resolved plugin settings."""
 
-    store: str = ""  # empty: a session directory chosen by the plugin
+    store: str = ""  # empty: build.executor.default_store_dir()
     runtime: str = "runc"
     timeout: float | None = None
     keep_bundles: bool = False
     inputs: str = "materialize"
     cases: str = "cases/**/*.yaml"
     progress: float = 10.0
+    no_cache: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for ``workerinput``)."""
@@ -118,6 +121,7 @@ def read_settings(config: pytest.Config) -> Settings:
         inputs=raw["inputs"],
         cases=raw["cases"] or "cases/**/*.yaml",
         progress=_number(raw["progress"], "progress"),
+        no_cache=_bool(raw["no_cache"], "no_cache"),
     )
 
 

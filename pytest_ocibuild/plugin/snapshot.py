@@ -9,6 +9,7 @@ function). ``check_spec`` runs one assertion through syrupy's session, so the us
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,29 @@ def is_orphan(golden: Path) -> bool:
     base = golden.parent.parent.parent / golden.parent.name
     for suffix in (".yaml", ".yml"):
         source = base.with_name(base.name + suffix)
-        if not source.exists():
-            continue
         try:
-            data, _ = load_yaml(source.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, YamlError):
-            return False
-        return not (isinstance(data, dict) and golden.stem in data)
+            st = os.stat(source)
+        except OSError:
+            continue
+        names = _case_names(str(source), st.st_mtime_ns, st.st_size)
+        return names is not None and golden.stem not in names
     return True
+
+
+_NAMES: dict[tuple[str, int, int], frozenset[str] | None] = {}
+
+
+def _case_names(source: str, mtime_ns: int, size: int) -> frozenset[str] | None:
+    """The top-level keys of a YAML file (None: unreadable), parsed once per file version."""
+    key = (source, mtime_ns, size)
+    if key not in _NAMES:
+        try:
+            data, _ = load_yaml(Path(source).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, YamlError):
+            _NAMES[key] = None
+        else:
+            _NAMES[key] = frozenset(data) if isinstance(data, dict) else frozenset()
+    return _NAMES[key]
 
 
 class CaseLocation(PyTestLocation):

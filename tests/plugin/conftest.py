@@ -31,6 +31,18 @@ def needs_runc() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _private_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Each test's pytester runs get their own result store (the default store persists).
+
+    ``$OCIBUILD_STORE`` is the plugin's default store, so runs that pass no
+    ``--ocibuild-store`` (in-process or subprocess) use this directory, never ~/.cache.
+    """
+    store = tmp_path / "ocibuild-store"
+    monkeypatch.setenv("OCIBUILD_STORE", str(store))
+    return store
+
+
+@pytest.fixture(autouse=True)
 def _not_an_xdist_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs started by pytester are not xdist workers, even when this test runs in one.
 
