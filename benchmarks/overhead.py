@@ -76,8 +76,8 @@ def main() -> None:
                 times[name].append(fn(i))
     b, e = (statistics.median(times[k]) for k in ("bare", "executor"))
     print(f"runs: {args.runs} each, inputs: {args.inputs}")
-    print(f"bare runc run      median {b * 1000:7.1f} ms  (min {min(times['bare']) * 1000:.1f})")
-    print(f"Executor.build     median {e * 1000:7.1f} ms  (min {min(times['executor']) * 1000:.1f})")
+    for label, name, med in (("bare runc run", "bare", b), ("Executor.build", "executor", e)):
+        print(f"{label:<18} median {med * 1000:7.1f} ms  (min {min(times[name]) * 1000:.1f})")
     print(f"executor / bare    {e / b:.2f}  (target <= 1.5)")
 
 
