@@ -34,7 +34,7 @@ def run(workers: int, cases: str, glob: str, extra: list[str]) -> float:
         cmd = [sys.executable, "-m", "pytest", cases, "-q", "-p", "no:cacheprovider",
                *UNUSED_PLUGINS,
                "-o", f"ocibuild_cases={glob}", f"--basetemp={tmp}/basetemp",
-               "-n", str(workers), *extra]
+               f"--ocibuild-store={tmp}/store", "-n", str(workers), *extra]
         start = time.monotonic()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         elapsed = time.monotonic() - start
