@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,15 @@ def pytest_configure(config: pytest.Config) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
     config.add_cleanup(cleanup)
+
+
+@pytest.fixture(scope="session")
+def bbdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding only a copy of the static /bin/busybox (``--arg bbdir`` of nix/)."""
+    src = Path("/bin/busybox")
+    if not src.exists():
+        pytest.skip("needs /bin/busybox")
+    d = tmp_path_factory.mktemp("bb") / "busybox-dir"
+    d.mkdir()
+    shutil.copy2(src, d / "busybox")
+    return d

@@ -120,5 +120,7 @@ def read_log(path: Path | None) -> str:
 
 
 def log_tail(path: Path | None, lines: int = LOG_TAIL) -> list[str]:
-    """The last ``lines`` lines of a build log."""
-    return read_log(path).splitlines()[-lines:]
+    """The last ``lines`` lines of a build log (read from its end only)."""
+    from pytest_ocibuild.build.executor import log_tail as tail
+
+    return tail(path, lines).splitlines() if path is not None else []

@@ -31,17 +31,6 @@ def show_derivation() -> dict[str, dict]:
     return json.loads((FIXTURES / "show-derivation.json").read_text())
 
 
-@pytest.fixture(scope="session")
-def bbdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory holding only a copy of the static /bin/busybox."""
-    src = Path("/bin/busybox")
-    if not src.exists():
-        pytest.skip("needs /bin/busybox")
-    d = tmp_path_factory.mktemp("bb") / "busybox-dir"
-    d.mkdir()
-    shutil.copy2(src, d / "busybox")
-    return d
-
 
 def instantiate(probe: str, attr: str, bbdir: Path, *extra: str) -> str:
     """Run nix-instantiate on ``probes/<probe>`` and return the .drv path."""

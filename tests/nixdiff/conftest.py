@@ -187,17 +187,6 @@ def our_reason(stderr: str) -> str:
 
 # --- fixtures --------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def bbdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory holding only a copy of the static /bin/busybox (``--arg bbdir``)."""
-    src = Path("/bin/busybox")
-    if not src.exists():
-        pytest.skip("needs /bin/busybox")
-    d = tmp_path_factory.mktemp("bb") / "busybox-dir"
-    d.mkdir()
-    shutil.copy2(src, d / "busybox")
-    return d
-
 
 @pytest.fixture(scope="session")
 def index(bbdir: Path) -> dict[str, tuple[str | None, str]]:
