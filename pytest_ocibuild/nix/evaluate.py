@@ -75,6 +75,55 @@ def instantiate(
     return drvs[0]
 
 
+def known_drv_paths(
+    file: str | Path,
+    attrs: Sequence[str],
+    *,
+    args: Mapping[str, str] | None = None,
+    argstrs: Mapping[str, str] | None = None,
+    store_root: str | Path | None = None,
+) -> dict[str, str]:
+    """The ``.drv`` paths of many attributes of ``file``, from one read-only evaluation.
+
+    ``nix-instantiate --eval --json FILE -A a.drvPath -A b.drvPath ...`` prints one value per
+    attribute, in order, and writes nothing. Only attributes whose ``.drv`` (with its sources)
+    is already in the store are returned: the rest still need ``instantiate``. Any evaluation
+    error gives ``{}`` (each attribute then goes through ``instantiate``, which names it).
+    """
+    if not attrs:
+        return {}
+    argv = ["nix-instantiate", "--eval", "--json", *store_args(store_root), str(file)]
+    for n, e in (args or {}).items():
+        argv += ["--arg", n, e]
+    for n, s in (argstrs or {}).items():
+        argv += ["--argstr", n, s]
+    for attr in attrs:
+        argv += ["-A", f"{attr}.drvPath"]
+    try:
+        paths = _json_values(_run(argv, f"cannot evaluate {file}"))
+    except (NixError, ValueError):
+        return {}
+    if len(paths) != len(attrs) or not all(isinstance(p, str) for p in paths):
+        return {}
+    root = os.path.abspath(store_root) if store_root is not None else "/"
+    return {a: p for a, p in zip(attrs, paths, strict=True)
+            if p.endswith(".drv") and os.path.isfile(root + p if root != "/" else p)}
+
+
+def _json_values(text: str) -> list[Any]:
+    """The JSON values ``nix-instantiate --eval --json`` printed, one per ``-A``, unseparated."""
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos == len(text):
+            return values
+        value, pos = decoder.raw_decode(text, pos)
+        values.append(value)
+
+
 def path_infos(paths: Iterable[str],
                store_root: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """Registration of ``paths`` and their closure: ``{path: {narHash, narSize, references,

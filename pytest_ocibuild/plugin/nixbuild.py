@@ -25,6 +25,7 @@ import pytest
 
 from pytest_ocibuild.errors import NixError, OcibuildError
 from pytest_ocibuild.plugin.nixdiff import Result, Side, compare, nix_side, run_nix_build
+from pytest_ocibuild.plugin.nixverdicts import Verdicts
 from pytest_ocibuild.plugin.runner import get_runner
 
 if TYPE_CHECKING:
@@ -160,6 +161,9 @@ class NixSession:
         self._bbdir: Path | None = None
         self._builder: NixBuilder | None = None
         self._exports = itertools.count()
+        self._drvs: dict[tuple[str, ...], str] = {}  # target argv → its .drv, evaluated once
+        self._pending: list[NixTarget] = []  # targets to evaluate together on first use
+        self.expecting = False  # whether the Nix case items were announced (``expect``)
 
     @property
     def work_dir(self) -> Path:
@@ -184,11 +188,23 @@ class NixSession:
             return self._bbdir
 
     @property
+    def state_dir(self) -> Path:
+        """``<store>/nix``: what outlives this run (eval store, sources, results, verdicts)."""
+        path = get_runner(self.config).store_dir / "nix"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
     def eval_store(self) -> Path:
         """The private store ``nix-instantiate`` writes .drv files and sources into."""
-        path = self.work_dir / "eval-store"
+        path = self.state_dir / "eval-store"
         path.mkdir(exist_ok=True)
         return path
+
+    @property
+    def verdicts(self) -> Verdicts:
+        """Comparisons with nix-build that agreed (see ``nixverdicts``)."""
+        return Verdicts(self.state_dir / "verdicts")
 
     def builder(self) -> NixBuilder:
         with self._lock:
@@ -199,19 +215,56 @@ class NixSession:
                 runner = get_runner(self.config)
                 executor = runner.new_executor(self.work_dir / "bundles")
                 self._builder = NixBuilder(
-                    executor, self.work_dir / "state",
+                    executor, self.state_dir,
                     settings=settings_from_nix(),  # type: ignore[arg-type]
                     store_root=self.eval_store)
             return self._builder
 
+    def expect(self, targets: list[NixTarget]) -> None:
+        """Targets about to be built: the first ``instantiate`` evaluates them together."""
+        with self._lock:
+            self._pending.extend(t for t in targets if t.drv is None and t.attr)
+
     def instantiate(self, target: NixTarget) -> str:
-        """The .drv path of ``target`` (a ``.nix`` file is evaluated into the eval store)."""
+        """The .drv path of ``target`` (a ``.nix`` file is evaluated into the eval store).
+
+        Each target is evaluated once per session. Targets announced with ``expect`` whose
+        .drv files an earlier run already wrote are found by one read-only evaluation.
+        """
         if target.drv is not None:
             return target.drv
         from pytest_ocibuild.nix.evaluate import instantiate
 
-        return instantiate(target.file or "", attr=target.attr, args=dict(target.args),
-                           argstrs=dict(target.argstrs), store_root=self.eval_store)
+        key = tuple(target.argv())
+        with self._lock:
+            self._evaluate_pending()
+            known = self._drvs.get(key)
+        if known is not None:
+            return known
+        drv = instantiate(target.file or "", attr=target.attr, args=dict(target.args),
+                          argstrs=dict(target.argstrs), store_root=self.eval_store)
+        with self._lock:
+            self._drvs[key] = drv
+        return drv
+
+    def _evaluate_pending(self) -> None:
+        """Find the .drv paths of the expected targets, one evaluation per file and args."""
+        from pytest_ocibuild.nix.evaluate import known_drv_paths
+
+        groups: dict[tuple[str, ...], list[NixTarget]] = {}
+        for t in self._pending:
+            if tuple(t.argv()) not in self._drvs:
+                groups.setdefault(tuple(NixTarget(t.file, None, t.args, t.argstrs).argv()),
+                                  []).append(t)
+        self._pending.clear()
+        for members in groups.values():
+            first = members[0]
+            attrs = sorted({t.attr for t in members if t.attr})
+            found = known_drv_paths(first.file or "", attrs, args=dict(first.args),
+                                    argstrs=dict(first.argstrs), store_root=self.eval_store)
+            for t in members:
+                if t.attr in found:
+                    self._drvs[tuple(t.argv())] = found[t.attr]
 
     def build(self, target: NixTarget) -> NixBuildResult:
         """Build ``target`` in our sandbox; raises BuildFailed or NixError."""
@@ -238,12 +291,19 @@ class NixSession:
         """Build ``target`` with nix-build too (and ours, unless given) and compare."""
         if ours is None:
             ours = self.outcome(target)
+        plain = self.side(ours, export=False)
+        drv_path = plain.drv_path or (self._drvs.get(tuple(target.argv())) or target.drv)
+        if drv_path is not None and (known := self.verdicts.get(drv_path, plain)) is not None:
+            return NixComparison(target, ours, known, [])
         nix = self.nix_build(target)
-        return NixComparison(target, ours, nix,
-                             compare(self.side(ours), nix_side(nix), nix_stderr=nix.stderr))
+        differences = compare(self.side(ours), nix_side(nix), nix_stderr=nix.stderr)
+        if not differences and drv_path is not None and nix.drv_path in (None, drv_path):
+            self.verdicts.put(drv_path, plain, nix)
+        return NixComparison(target, ours, nix, differences)
 
-    def side(self, ours: NixBuildResult | OcibuildError) -> Side:
-        """Our outcome in the comparison's terms (the outputs exported to compare files)."""
+    def side(self, ours: NixBuildResult | OcibuildError, *, export: bool = True) -> Side:
+        """Our outcome in the comparison's terms (with ``export``, the outputs are written
+        out as files, so the comparison can diff them)."""
         from pytest_ocibuild.plugin.nixdiff import OutputInfo
 
         if isinstance(ours, OcibuildError):
@@ -253,7 +313,8 @@ class NixSession:
         for name, info in ours.outputs.items():
             side.outputs[name] = OutputInfo(info.path, info.nar_hash.sri, info.nar_size,
                                             sorted(info.references))
-            side.trees[name] = ours.export(name, base / name)
+            if export:
+                side.trees[name] = ours.export(name, base / name)
         return side
 
 

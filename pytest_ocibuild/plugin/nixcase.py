@@ -177,6 +177,10 @@ class NixCaseItem(CaseItem):
         if shutil.which("nix-instantiate") is None:
             pytest.skip("Nix cases need Nix (nix-instantiate and nix-build on PATH)")
         session = get_nix_session(self.config)
+        if not session.expecting:
+            session.expecting = True
+            session.expect([i.case.target(session) for i in self.session.items
+                            if isinstance(i, NixCaseItem)])
         case = self.case
         target = case.target(session)
         ours = session.outcome(target)
