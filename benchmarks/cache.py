@@ -8,6 +8,12 @@ wall-clock from start to exit (interpreter start-up and collection included)::
     .venv/bin/python benchmarks/cache.py -n 4            # both runs under xdist
     .venv/bin/python benchmarks/cache.py -- -k basics    # extra pytest arguments after --
 
+Before the timed runs, one untimed run of the suite (into a store of its own) lets Python
+write its bytecode caches, including pytest's assertion-rewritten modules, as any second use of
+an installation would find them; without it, under ``PYTHONDONTWRITEBYTECODE`` every process
+compiles every module again, which is not what either timed run is about (``--no-warmup``
+skips it).
+
 Prints both times, the ratio and whether it meets the target (20x). Exit status: 0 if both
 runs passed, else the first failing pytest exit status. The store and basetemps live in a
 temporary directory removed at the end unless ``--keep``.
@@ -16,6 +22,7 @@ temporary directory removed at the end unless ``--keep``.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -28,12 +35,13 @@ TARGET = 20.0
 
 
 def run(python: str, cases: str, store: Path, basetemp: Path, extra: list[str],
-        label: str, cwd: Path = ROOT) -> tuple[float, int, str]:
+        label: str, cwd: Path = ROOT, env: dict[str, str] | None = None,
+        ) -> tuple[float, int, str]:
     """Run the suite once; return (seconds, exit status, pytest's summary line)."""
     cmd = [python, "-m", "pytest", cases, "-p", "ocibuild", "--ocibuild-store", str(store),
            "--basetemp", str(basetemp), "-q", "-p", "no:cacheprovider", *extra]
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
     summary = lines[-1] if lines else "(no output)"
@@ -55,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", default=sys.executable, help="interpreter with the plugin")
     p.add_argument("-n", "--workers", help="run both passes under pytest-xdist with -n N")
     p.add_argument("--keep", action="store_true", help="keep the store and basetemps")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="no untimed run first (Python then may compile every module in both)")
     p.add_argument("--cwd", type=Path, default=ROOT,
                    help="directory pytest runs in (default: the repository root)")
     args = p.parse_args(argv)
@@ -63,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ocibuild-bench-cache-"))
     store = tmp / "store"  # fresh: nothing recorded before the cold run
     try:
+        if not args.no_warmup:
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+            run(args.python, args.cases, tmp / "warmup-store", tmp / "warmup", extra,
+                "warm-up", args.cwd, env)
         cold, cold_rc, cold_sum = run(args.python, args.cases, store, tmp / "cold", extra,
                                       "cold", args.cwd)
         warm, warm_rc, warm_sum = run(args.python, args.cases, store, tmp / "warm", extra,

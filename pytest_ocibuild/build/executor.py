@@ -5,8 +5,10 @@ recorded under its request digest and a later request with the same digest retur
 recorded Build (``cached=True``) without running anything. Identical builds asked for at the
 same time, by threads or processes sharing the store, run once: the first takes the key's lock,
 the others wait on it and then find the record (single flight). Failures are recorded only
-with ``cache_failures`` (exit-code and missing-output failures; timeouts never). Each build's
-log is kept in the ResultStore whatever the outcome (``ocibuild log KEY``).
+with ``cache_failures`` (exit-code and missing-output failures). A timeout is recorded only
+when the caller says it expects one (``build(..., expect_timeout=True)``) and is a hit only for
+such a call with a timeout no longer than the recorded one. Each build's log is kept in the
+ResultStore whatever the outcome (``ocibuild log KEY``).
 
 Commit order: outputs are ingested (content-addressed, each object renamed into place), then
 the log is saved, then the record is written, so a crash at any point leaves either no record
@@ -134,23 +136,27 @@ class Executor:
         timeout: float | None = None,
         log: Path | None = None,
         cache: bool | None = None,
+        expect_timeout: bool = False,
     ) -> Build:
         """Build ``request`` (or return its recorded Build); raise BuildFailed on failure.
 
         ``cache`` overrides the executor's setting for this call. ``log``: where the build's
-        output goes (on a hit: a copy of the recorded log). RuntimeUnavailable if runc cannot
-        run here.
+        output goes (on a hit: a copy of the recorded log). ``expect_timeout``: the caller
+        expects the build to time out, so with ``cache_failures`` a timeout is recorded (and
+        found again) like a deterministic failure. RuntimeUnavailable if runc cannot run here.
         """
         results = self.results
+        timeout = timeout if timeout is not None else self.timeout
         if results is None:
             return self._run(request, timeout, log)
         use = self.cache if cache is None else cache
         key = result_key(request)
         start = time.monotonic()
-        if use and (hit := self._lookup(request, key, log, start)) is not None:
+        limit = timeout if expect_timeout else None
+        if use and (hit := self._lookup(request, key, log, start, limit)) is not None:
             return hit
         with results.lock(key) if use else contextlib.nullcontext():
-            if use and (hit := self._lookup(request, key, log, start)) is not None:
+            if use and (hit := self._lookup(request, key, log, start, limit)) is not None:
                 return hit  # an identical build finished while we waited
             self.stats.miss()
             from pytest_ocibuild.build.gc import gc_lock_path
@@ -160,22 +166,29 @@ class Executor:
                 try:
                     build = self._run(request, timeout, log, results=results)
                 except BuildFailed as e:
-                    if self.cache_failures and e.reason in CACHEABLE_FAILURES:
+                    if self.cache_failures and (e.reason in CACHEABLE_FAILURES or (
+                            e.reason == "timeout" and limit is not None)):
                         results.put(Record(
                             key=key, ok=False, exit_code=e.exit_code or 0, reason=e.reason,
                             message=e.message, elapsed=time.monotonic() - began,
-                            created=time.time()))
+                            created=time.time(), timeout=limit or 0.0))
                     raise
                 results.put(Record.of_build(build, elapsed=time.monotonic() - began))
         return build
 
     def _lookup(
-        self, request: BuildRequest, key: str, log: Path | None, start: float
+        self, request: BuildRequest, key: str, log: Path | None, start: float,
+        limit: float | None,
     ) -> Build | None:
-        """The recorded outcome of ``key``: a Build, a raised BuildFailed, or None (miss)."""
+        """The recorded outcome of ``key``: a Build, a raised BuildFailed, or None (miss).
+
+        A recorded timeout counts only for a call expecting one with a ``limit`` it covers.
+        """
         assert self.results is not None
         record = self.results.get(key, touch=True)
         if record is None or (not record.ok and not self.cache_failures):
+            return None
+        if record.reason == "timeout" and not record.covers(limit):
             return None
         if record.ok and not check_outputs_present(self.store, record):
             return None
@@ -217,7 +230,6 @@ class Executor:
         if request.caches and self.caches is None:
             raise BundleError("the request uses caches but this executor has no cache store")
         spec = self.spec(request)
-        timeout = timeout if timeout is not None else self.timeout
         cid = f"{CONTAINER_PREFIX}{os.getpid()}-{next(_counter)}-{request.digest.hex[:12]}"
         bundle_dir = self.bundle_root / cid
         log_path = log or self.bundle_root / "logs" / f"{cid}.log"

@@ -64,6 +64,11 @@ class Record:
     last_used: float = 0.0  # unix time (the record file's mtime)
     reason: str = ""  # BuildFailed.reason of a failed build
     message: str = ""
+    timeout: float = 0.0  # the limit a build that timed out ran into
+
+    def covers(self, timeout: float | None) -> bool:
+        """Whether a build with ``timeout`` would time out as this recorded one did."""
+        return self.reason == "timeout" and timeout is not None and 0 < timeout <= self.timeout
 
     @property
     def nodes(self) -> tuple[Node, ...]:
@@ -78,6 +83,8 @@ class Record:
         }
         if not self.ok:
             data.update(reason=self.reason, message=self.message)
+        if self.reason == "timeout":
+            data.update(timeout=self.timeout)
         return json.dumps(data, sort_keys=True).encode()
 
     @classmethod
@@ -96,6 +103,7 @@ class Record:
             exit_code=int(d["exit_code"]), duration=float(d["duration"]),
             elapsed=float(d["elapsed"]), created=float(d["created"]), last_used=last_used,
             reason=str(d.get("reason", "")), message=str(d.get("message", "")),
+            timeout=float(d.get("timeout", 0.0)),
         )
 
     @classmethod

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 
 from pytest_ocibuild.errors import OcibuildError
@@ -35,7 +34,7 @@ from pytest_ocibuild.plugin.nixbuild import (
     get_nix_session,
 )
 from pytest_ocibuild.plugin.nixdiff import store_name
-from pytest_ocibuild.plugin.schema import _STRINGS, _TREE, CASE_SCHEMA, Lines, _message
+from pytest_ocibuild.plugin.schema import _STRINGS, _TREE, CASE_SCHEMA, Lines, schema_errors
 
 _ARGS = {"type": "object", "additionalProperties": {"type": "string"}}
 _NIX = {
@@ -72,7 +71,6 @@ NIX_CASE_SCHEMA: dict[str, Any] = {
         },
     },
 }
-_VALIDATOR = jsonschema.Draft202012Validator(NIX_CASE_SCHEMA)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,8 +115,7 @@ class NixCase:
 
 def parse_nix_case(name: str, body: dict[str, Any], path: Path, lines: Lines) -> NixCase:
     """A Nix case (``body`` has a ``nix`` key); raises case._Problem like the other cases."""
-    for error in sorted(_VALIDATOR.iter_errors(body), key=lambda e: list(map(str, e.path))):
-        where, message = _message(jsonschema.exceptions.best_match([error]))
+    for where, message in schema_errors(body, NIX_CASE_SCHEMA):
         raise _Problem(where, message)
     nix = body["nix"]
     file = Path(nix["file"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
     from pytest_ocibuild.castore.nodes import Node
     from pytest_ocibuild.castore.store import Store
     from pytest_ocibuild.plugin.case import BadCase, Case, CaseInput
+    from pytest_ocibuild.plugin.heartbeat import Heartbeat
 
 WORKER_STORE_KEY = "ocibuild_store"  # workerinput key holding the store directory
 WORKER_STATS_KEY = "ocibuild_stats"  # workeroutput key: the worker's cache stats (plain dict)
@@ -52,6 +52,8 @@ class Runner:
         self._hosts: dict[Path, Node] = {}
         self._built: dict[tuple[Path, str], Build | OcibuildError] = {}
         self._building: set[tuple[Path, str]] = set()
+        self._heartbeat: Heartbeat | None = None
+        self._canonical: Executor | None = None  # builds nothing: specs for the goldens
 
     # ---- locations ----------------------------------------------------------------------
 
@@ -110,7 +112,8 @@ class Runner:
         """An executor over the shared store with the session settings (plus ``overrides``).
 
         It uses the store's result cache (unless ``--ocibuild-no-cache``), deterministic
-        failures (exit code, missing output) included; timeouts always run again.
+        failures (exit code, missing output) included; a timeout is cached only for a case
+        that expects one (see ``build``), otherwise it runs again.
         """
         from pytest_ocibuild.build.executor import open_executor
 
@@ -154,10 +157,13 @@ class Runner:
         from pytest_ocibuild.build.executor import Executor
         from pytest_ocibuild.build.ids import IdMaps
 
-        ex = self.executor()
-        canonical = Executor(ex.store, inputs=ex.inputs, runtime=ex.runtime,
-                             bundle_root=ex.bundle_root, id_maps=IdMaps.canonical())
-        return canonical.spec(request)
+        with self._lock:
+            if self._canonical is None:
+                ex = self.executor()
+                self._canonical = Executor(ex.store, inputs=ex.inputs, runtime=ex.runtime,
+                                           bundle_root=ex.bundle_root,
+                                           id_maps=IdMaps.canonical())
+        return self._canonical.spec(request)
 
     # ---- cases --------------------------------------------------------------------------
 
@@ -213,9 +219,11 @@ class Runner:
         try:
             request = self.request_for(case)
             log = self.log_path(case)
-            with self.heartbeat(f"{case.path.name}::{case.name}", log):
+            with self.heartbeat.watch(f"{case.path.name}::{case.name}", log):
+                failure = case.expect.failure
                 result: Build | OcibuildError = self.executor(case.provider).build(
-                    request, timeout=case.timeout, log=log)
+                    request, timeout=case.timeout, log=log,
+                    expect_timeout=failure is not None and failure.reason == "timeout")
         except OcibuildError as e:
             result = e
         finally:
@@ -260,29 +268,15 @@ class Runner:
 
     # ---- progress -----------------------------------------------------------------------
 
-    @contextmanager
-    def heartbeat(self, label: str, log: Path) -> Iterator[None]:
-        """While the block runs, say every ``progress`` seconds that ``label`` is still busy."""
-        interval = self.settings.progress
-        if not interval:
-            yield
-            return
-        stop = threading.Event()
-        start = time.monotonic()
+    @property
+    def heartbeat(self) -> Heartbeat:
+        """Reports builds running longer than ``progress`` seconds (see ``heartbeat``)."""
+        with self._lock:
+            if self._heartbeat is None:
+                from pytest_ocibuild.plugin.heartbeat import Heartbeat
 
-        def beat() -> None:
-            while not stop.wait(interval):
-                last = _last_line(log)
-                self.say(f"[ocibuild] {label}: building for {time.monotonic() - start:.0f}s"
-                         + (f"; last log line: {last}" if last else f"; log: {log}"))
-
-        thread = threading.Thread(target=beat, name="ocibuild-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
+                self._heartbeat = Heartbeat(self.settings.progress, self.say)
+            return self._heartbeat
 
     def say(self, line: str) -> None:
         """Write a line to the terminal now, even while output is being captured."""
@@ -298,17 +292,6 @@ class Runner:
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
-
-
-def _last_line(log: Path, limit: int = 160) -> str:
-    try:
-        with log.open("rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 4096))
-            lines = f.read().decode(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1][:limit] if lines else ""
 
 
 RUNNER_KEY = pytest.StashKey[Runner]()
