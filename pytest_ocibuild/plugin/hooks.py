@@ -7,6 +7,7 @@ a fixture is used, so ``pytest --help`` and collection work without runc install
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,15 @@ def pytest_configure(config: pytest.Config) -> None:
         from pytest_ocibuild.plugin.xdist import XdistHooks
 
         config.pluginmanager.register(XdistHooks(runner), "ocibuild-xdist")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Nix case items: start evaluating their targets while other items run."""
+    if session.config.option.collectonly or "pytest_ocibuild.plugin.nixcase" not in sys.modules:
+        return
+    from pytest_ocibuild.plugin.nixcase import expect_nix_items
+
+    expect_nix_items(session.items)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

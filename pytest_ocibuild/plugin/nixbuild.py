@@ -162,8 +162,7 @@ class NixSession:
         self._builder: NixBuilder | None = None
         self._exports = itertools.count()
         self._drvs: dict[tuple[str, ...], str] = {}  # target argv → its .drv, evaluated once
-        self._pending: list[NixTarget] = []  # targets to evaluate together on first use
-        self.expecting = False  # whether the Nix case items were announced (``expect``)
+        self._evaluations: list[threading.Thread] = []  # see ``expect``
 
     @property
     def work_dir(self) -> Path:
@@ -221,23 +220,33 @@ class NixSession:
             return self._builder
 
     def expect(self, targets: list[NixTarget]) -> None:
-        """Targets about to be built: the first ``instantiate`` evaluates them together."""
+        """Targets about to be built: start finding their .drv paths in the background.
+
+        One read-only evaluation per file and arguments finds those an earlier run already
+        wrote (see ``known_drv_paths``); ``instantiate`` waits for it, then evaluates the rest.
+        """
+        pending = [t for t in targets if t.drv is None and t.attr]
+        if not pending:
+            return
+        thread = threading.Thread(target=self._find_known, args=(pending,), daemon=True,
+                                  name="ocibuild-nix-eval")
         with self._lock:
-            self._pending.extend(t for t in targets if t.drv is None and t.attr)
+            self._evaluations.append(thread)
+        thread.start()
 
     def instantiate(self, target: NixTarget) -> str:
-        """The .drv path of ``target`` (a ``.nix`` file is evaluated into the eval store).
-
-        Each target is evaluated once per session. Targets announced with ``expect`` whose
-        .drv files an earlier run already wrote are found by one read-only evaluation.
-        """
+        """The .drv path of ``target`` (a ``.nix`` file is evaluated into the eval store,
+        once per session)."""
         if target.drv is not None:
             return target.drv
         from pytest_ocibuild.nix.evaluate import instantiate
 
+        with self._lock:
+            evaluations = list(self._evaluations)
+        for thread in evaluations:
+            thread.join()
         key = tuple(target.argv())
         with self._lock:
-            self._evaluate_pending()
             known = self._drvs.get(key)
         if known is not None:
             return known
@@ -247,24 +256,26 @@ class NixSession:
             self._drvs[key] = drv
         return drv
 
-    def _evaluate_pending(self) -> None:
-        """Find the .drv paths of the expected targets, one evaluation per file and args."""
+    def _find_known(self, targets: list[NixTarget]) -> None:
         from pytest_ocibuild.nix.evaluate import known_drv_paths
 
         groups: dict[tuple[str, ...], list[NixTarget]] = {}
-        for t in self._pending:
-            if tuple(t.argv()) not in self._drvs:
-                groups.setdefault(tuple(NixTarget(t.file, None, t.args, t.argstrs).argv()),
-                                  []).append(t)
-        self._pending.clear()
+        for t in targets:
+            groups.setdefault(tuple(NixTarget(t.file, None, t.args, t.argstrs).argv()),
+                              []).append(t)
         for members in groups.values():
             first = members[0]
             attrs = sorted({t.attr for t in members if t.attr})
-            found = known_drv_paths(first.file or "", attrs, args=dict(first.args),
-                                    argstrs=dict(first.argstrs), store_root=self.eval_store)
-            for t in members:
-                if t.attr in found:
-                    self._drvs[tuple(t.argv())] = found[t.attr]
+            try:
+                found = known_drv_paths(first.file or "", attrs, args=dict(first.args),
+                                        argstrs=dict(first.argstrs),
+                                        store_root=self.eval_store)
+            except Exception:  # only a shortcut: instantiate evaluates and reports
+                continue
+            with self._lock:
+                for t in members:
+                    if t.attr in found:
+                        self._drvs[tuple(t.argv())] = found[t.attr]
 
     def build(self, target: NixTarget) -> NixBuildResult:
         """Build ``target`` in our sandbox; raises BuildFailed or NixError."""

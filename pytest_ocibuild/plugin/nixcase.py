@@ -174,10 +174,6 @@ class NixCaseItem(CaseItem):
         if shutil.which("nix-instantiate") is None:
             pytest.skip("Nix cases need Nix (nix-instantiate and nix-build on PATH)")
         session = get_nix_session(self.config)
-        if not session.expecting:
-            session.expecting = True
-            session.expect([i.case.target(session) for i in self.session.items
-                            if isinstance(i, NixCaseItem)])
         case = self.case
         target = case.target(session)
         ours = session.outcome(target)
@@ -195,6 +191,14 @@ class NixCaseItem(CaseItem):
             log = getattr(ours, "log_path", None)
             raise CaseFailure(problems, Path(log) if log else None,
                               build_failed=isinstance(ours, OcibuildError))
+
+
+def expect_nix_items(items: list[pytest.Item]) -> None:
+    """Let the Nix session start evaluating the targets of the Nix case items collected."""
+    nix_items = [i for i in items if isinstance(i, NixCaseItem)]
+    if nix_items and shutil.which("nix-instantiate") is not None:
+        session = get_nix_session(nix_items[0].config)
+        session.expect([i.case.target(session) for i in nix_items])
 
 
 def check_nix_outcome(case: NixCase, ours: NixBuildResult | OcibuildError) -> list[Problem]:
