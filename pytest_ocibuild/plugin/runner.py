@@ -54,6 +54,7 @@ class Runner:
         self._building: set[tuple[Path, str]] = set()
         self._heartbeat: Heartbeat | None = None
         self._canonical: Executor | None = None  # builds nothing: specs for the goldens
+        self._requests: dict[tuple[Path, str], BuildRequest] = {}
 
     # ---- locations ----------------------------------------------------------------------
 
@@ -178,7 +179,18 @@ class Runner:
             return self._files[path]
 
     def request_for(self, case: Case) -> BuildRequest:
-        """The case's BuildRequest, its inputs in the store (other cases built as needed)."""
+        """The case's BuildRequest, its inputs in the store (other cases built as needed);
+        made once per process."""
+        key = (case.path, case.name)
+        with self._lock:
+            known = self._requests.get(key)
+        if known is None:
+            known = self._make_request(case)
+            with self._lock:
+                self._requests[key] = known
+        return known
+
+    def _make_request(self, case: Case) -> BuildRequest:
         from pytest_ocibuild.build.request_io import request_from_dict
         from pytest_ocibuild.castore.ingest import ingest_path
         from pytest_ocibuild.plugin.case import CaseInput, HostInput

@@ -8,7 +8,6 @@ function). ``check_spec`` runs one assertion through syrupy's session, so the us
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from syrupy.extensions.json import JSONSnapshotExtension
 from syrupy.location import PyTestLocation
 from syrupy.terminal import disable_color
 
+from pytest_ocibuild.plugin import pretty
 from pytest_ocibuild.plugin.schema import YamlError, load_yaml
 
 
@@ -36,7 +36,7 @@ class SpecSnapshotExtension(JSONSnapshotExtension):
 
     def serialize(self, data: Any, **_: Any) -> str:
         """Serialize like ``json.dumps`` (key order kept: it follows the OCI spec's layout)."""
-        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        return pretty.dumps(data) + "\n"
 
     def discover_snapshots(self, **kwargs: Any) -> SnapshotCollections:
         """The goldens below the snapshot directory whose case no longer exists."""
