@@ -201,6 +201,11 @@ class NixSession:
         return path
 
     @property
+    def no_cache(self) -> bool:
+        """``--ocibuild-no-cache``: build again and run nix-build again."""
+        return get_runner(self.config).settings.no_cache
+
+    @property
     def verdicts(self) -> Verdicts:
         """Comparisons with nix-build that agreed (see ``nixverdicts``)."""
         return Verdicts(self.state_dir / "verdicts")
@@ -213,8 +218,10 @@ class NixSession:
 
                 runner = get_runner(self.config)
                 executor = runner.new_executor(self.work_dir / "bundles")
+                # --ocibuild-no-cache: results kept by derivation start afresh as well
+                state = self.work_dir / "state" if self.no_cache else self.state_dir
                 self._builder = NixBuilder(
-                    executor, self.state_dir,
+                    executor, state,
                     settings=settings_from_nix(),  # type: ignore[arg-type]
                     store_root=self.eval_store)
             return self._builder
@@ -304,7 +311,8 @@ class NixSession:
             ours = self.outcome(target)
         plain = self.side(ours, export=False)
         drv_path = plain.drv_path or (self._drvs.get(tuple(target.argv())) or target.drv)
-        if drv_path is not None and (known := self.verdicts.get(drv_path, plain)) is not None:
+        if drv_path is not None and not self.no_cache and (
+                known := self.verdicts.get(drv_path, plain)) is not None:
             return NixComparison(target, ours, known, [])
         nix = self.nix_build(target)
         differences = compare(self.side(ours), nix_side(nix), nix_stderr=nix.stderr)

@@ -98,13 +98,30 @@ def test_failures_are_cached_when_asked(executor_factory: Callable[..., Executor
     assert runs(other) == 1
 
 
-def test_timeouts_are_never_cached(executor_factory: Callable[..., Executor],
-                                   busybox: Node) -> None:
+def test_timeouts_are_cached_only_for_callers_expecting_them(
+        executor_factory: Callable[..., Executor], busybox: Node) -> None:
     ex = executor_factory(cache_failures=True)
     req = sh(busybox, "sleep 30")
     with pytest.raises(BuildFailed, match="timed out"):
         ex.build(req, timeout=0.5)
     assert ex.results is not None and ex.results.get(result_key(req)) is None
+    with pytest.raises(BuildFailed, match=r"timed out after 0\.5s"):
+        ex.build(req, timeout=0.5, expect_timeout=True)
+    assert runs(ex) == 2
+    record = ex.results.get(result_key(req))
+    assert record is not None and record.reason == "timeout" and record.timeout == 0.5
+    # the same or a shorter limit would time out again: a hit, nothing runs
+    for limit in (0.5, 0.3):
+        with pytest.raises(BuildFailed, match=r"timed out after 0.5s.*\(cached failure\)") as e:
+            ex.build(req, timeout=limit, expect_timeout=True)
+        assert e.value.reason == "timeout"
+    assert runs(ex) == 2
+    # a longer limit, or a caller not expecting a timeout, runs the build again
+    with pytest.raises(BuildFailed, match=r"timed out after 0\.6s"):
+        ex.build(req, timeout=0.6, expect_timeout=True)
+    with pytest.raises(BuildFailed, match=r"timed out after 0\.5s and was killed$"):
+        ex.build(req, timeout=0.5)
+    assert runs(ex) == 4
 
 
 def test_a_record_whose_outputs_are_gone_is_rebuilt(executor: Executor, busybox: Node,

@@ -10,6 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml  # noqa: F401
+
+# In-process pytester runs drop the modules a run imported when it ends. PyYAML's C part
+# cannot be unloaded, so a second import of ``yaml`` in a later run mismatches it ("could not
+# determine a constructor for the tag None"). Importing it here keeps one ``yaml`` for all runs.
 
 BUSYBOX = "/bin/busybox"
 

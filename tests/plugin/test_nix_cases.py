@@ -6,6 +6,7 @@ missing. Collection, bad cases and the difference renderer need neither.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -187,6 +188,48 @@ unchecked:
     result = pytester.runpytest("--ocibuild-compare-nix", "-k", "unchecked")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["case 'unchecked' (demo.yaml:4): ours and nix-build disagree"])
+
+
+@pytest.mark.usefixtures("needs_runc")
+@pytest.mark.nix
+@needs_nix_build
+def test_a_rerun_reuses_evaluations_builds_and_agreeing_comparisons(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The real nix-build behind a shim that counts its calls; a disagreement runs it again."""
+    calls = tmp_path / "nix-build.calls"
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    real = shutil.which("nix-build")
+    (shim / "nix-build").write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real} "$@"\n')
+    (shim / "nix-build").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    (pytester.path / "cases").mkdir()
+    (pytester.path / "cases" / "clock.nix").write_text(CLOCK_NIX)
+    nix_cases(pytester, """\
+x-corpus: &corpus {file: $CORPUS, bbdir: auto}
+multi:
+  nix: {<<: *corpus, attr: deps.multi}
+  compare: nix
+exit3:
+  nix: {<<: *corpus, attr: failures.exit3}
+  compare: nix
+  expect: {failure: {reason: exit-code, exit_code: 3}}
+clock:
+  nix: {file: clock.nix, bbdir: auto}
+  compare: nix
+""")
+
+    def run(*args: str) -> list[str]:
+        before = calls.read_text().splitlines() if calls.exists() else []
+        result = pytester.runpytest("-rf", *args)
+        result.assert_outcomes(passed=2, failed=1)
+        result.stdout.fnmatch_lines(["*case 'clock' (demo.yaml:*): ours and nix-build disagree"])
+        return calls.read_text().splitlines()[len(before):]
+
+    assert len(run()) == 3
+    again = run()
+    assert len(again) == 1 and "clock.nix" in again[0]  # only the disagreement
+    assert len(run("--ocibuild-no-cache")) == 3
 
 
 @pytest.mark.usefixtures("needs_runc")
