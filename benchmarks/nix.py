@@ -2,7 +2,7 @@
 
 Run from the repository root (as root, with nix-build on PATH)::
 
-    .venv/bin/python benchmarks/nix.py [--runs 9] [--graph-runs 1]
+    .venv/bin/python benchmarks/nix.py [--runs 9] [--graph-runs 1] [--floor]
 
 (a) ``trivial``: one derivation with no input but busybox (``graph.trivial`` in
 ``nix/default.nix``), built ``--runs`` times by each side, interleaved (the side going first
@@ -15,13 +15,21 @@ cold ``--graph-runs`` times by each side with fresh nonces. Prints each time and
 Timing is ``time.perf_counter`` around ``subprocess.run`` of the whole command (what
 ``/usr/bin/time`` reports as elapsed). Nix runs as ``NIX_REMOTE= nix-build --option sandbox true
 --option substituters ''``; ours with one ``--store`` for the whole run, warmed by one untimed
-build (Nix's store already holds busybox, so ours gets its copy ingested beforehand). Ours must
+build (Nix's store already holds busybox, so ours gets its copy ingested beforehand), and with
+the package's bytecode compiled first (``compileall``: an installed package has it; without it,
+e.g. under ``PYTHONDONTWRITEBYTECODE=1``, every run would compile ~50 modules again). Ours must
 leave /nix/store unchanged: the script reports entries that appeared during our builds.
+
+``--floor`` first times, interleaved, the parts a trivial build cannot avoid: a bare Python
+start (``-I -S``) and the venv's (``site``), importing the build path, ``nix-instantiate`` alone,
+a bare ``runc run`` of a minimal bundle (busybox ``true``), and the whole ``nix-build``.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
+import json
 import os
 import secrets
 import shutil
@@ -95,11 +103,44 @@ def interleave(attr: str, runs: int, store: Path, bbdir: Path, run_id: str,
     return ours, nix
 
 
+def floor(runs: int, bbdir: Path, tmp: Path, run_id: str) -> None:
+    """Median wall time of each unavoidable component of a trivial build (see the docstring)."""
+    bundle = tmp / "floor-bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    shutil.copy2("/bin/busybox", bundle / "rootfs" / "busybox")
+    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"].update(terminal=False, args=["/busybox", "true"])
+    (bundle / "config.json").write_text(json.dumps(spec))
+    imports = "import pytest_ocibuild.nix.build, pytest_ocibuild.build.executor"
+    parts = {
+        "python -I -S -c 0": lambda i: [sys.executable, "-I", "-S", "-c", "0"],
+        "python -c 0 (venv site)": lambda i: [sys.executable, "-c", "0"],
+        "python -c 'import <build path>'": lambda i: [sys.executable, "-c", imports],
+        "nix-instantiate (private store)": lambda i: [
+            "nix-instantiate", "--store", f"local?root={tmp / 'floor-eval'}", str(CORPUS), "-A",
+            "graph.trivial", "--arg", "bbdir", str(bbdir), "--argstr", "nonce", f"{run_id}-{i}"],
+        "runc run (minimal bundle)": lambda i: [
+            "runc", "--root", str(tmp / "floor-runc"), "run", "--bundle", str(bundle),
+            f"ocibuild-floor-{os.getpid()}-{i}"],
+        "nix-build (whole)": lambda i: nix_cmd(bbdir, "graph.trivial", f"{run_id}-floor-{i}"),
+    }
+    times: dict[str, list[float]] = {k: [] for k in parts}
+    for i in range(runs):
+        for name in (list(parts) if i % 2 == 0 else list(parts)[::-1]):
+            times[name].append(timed(parts[name](i)))
+    print(f"floor (medians of {runs}, interleaved)")
+    for name, ts in times.items():
+        print(f"  {name:34} {statistics.median(ts) * 1000:7.1f} ms")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=9, help="trivial builds per side (default 9)")
     ap.add_argument("--graph-runs", type=int, default=1,
                     help="cold graph builds per side (default 1)")
+    ap.add_argument("--floor", action="store_true",
+                    help="first time each unavoidable component of a trivial build")
     args = ap.parse_args()
     if shutil.which("nix-build") is None:
         sys.exit("needs nix-build on PATH")
@@ -109,6 +150,9 @@ def main() -> int:
         bbdir.mkdir()
         shutil.copy2("/bin/busybox", bbdir / "busybox")
         store = Path(tmp) / "store"
+        if args.floor:
+            floor(args.runs, bbdir, Path(tmp), run_id)
+        compileall.compile_dir(ROOT / "pytest_ocibuild", quiet=2)
         watch = StoreWatch()
         timed(nix_cmd(bbdir, "graph.trivial", f"{run_id}-warm-nix"))
         watch.run(ours_cmd(store, bbdir, "graph.trivial", f"{run_id}-warm-ours"))

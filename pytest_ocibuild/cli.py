@@ -11,8 +11,8 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pytest_ocibuild.castore.store import Store
 from pytest_ocibuild.errors import (
     BuildFailed,
     CaseError,
@@ -20,6 +20,9 @@ from pytest_ocibuild.errors import (
     NixError,
     OcibuildError,
 )
+
+if TYPE_CHECKING:
+    from pytest_ocibuild.castore.store import Store
 
 BAD_INPUT = (InvalidRequest, CaseError, NixError)
 

@@ -54,6 +54,9 @@ class Digest:
         return f"Digest({self.raw.hex()[:12]}…)"
 
 
-def hasher() -> blake3.blake3:
-    """A fresh incremental blake3 hasher (``update``/``digest``)."""
-    return blake3.blake3()
+def hasher(data: bytes | bytearray | memoryview = b"") -> blake3.blake3:
+    """A fresh incremental blake3 hasher (``update``/``digest``), fed ``data`` first."""
+    return blake3.blake3(data)
+
+
+EMPTY = Digest(blake3.blake3(b"").digest())  # the empty blob (and the empty directory)

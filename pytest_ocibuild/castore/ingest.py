@@ -2,8 +2,10 @@
 
 Ingestion follows tvix-castore's ``import::fs``: symlinks are never followed (a symlink at the
 root is ingested as a symlink), a file is executable iff its owner-execute bit (0o100) is set,
-as in Nix's ``dump()``, and only regular files, directories and symlinks are accepted. File
-contents are streamed in 1 MiB chunks (constant memory); directories are stored bottom-up.
+as in Nix's ``dump()``, and only regular files, directories and symlinks are accepted. Files
+up to ``SMALL`` bytes are read whole and stored with one write (``put_bytes`` when the store
+has it); larger ones are streamed in ``CHUNK``-sized pieces, so memory stays constant.
+Directories are stored bottom-up.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from pathlib import Path
 
 from pytest_ocibuild.castore.digest import Digest
 from pytest_ocibuild.castore.nodes import Directory, DirectoryNode, FileNode, Node, SymlinkNode
-from pytest_ocibuild.castore.store import Store
+from pytest_ocibuild.castore.store import Store, put_blob
 from pytest_ocibuild.errors import NotFound, StoreError
 
 CHUNK = 1 << 20
+SMALL = 1 << 20
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 TreeEntry = tuple[str] | tuple[str, str] | tuple[str, str, int, bool]
@@ -93,11 +96,10 @@ class _Walk:
                 continue
             entry = pending.pop()
             try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-                mode = 0 if is_dir else entry.stat(follow_symlinks=False).st_mode
+                mode = _kind(entry)
             except OSError as e:
                 raise StoreError(f"{os.fsdecode(entry.path)}: cannot ingest: {e.strerror}") from e
-            if is_dir:
+            if mode == stat.S_IFDIR:
                 child = _Slot()
                 entries[entry.name] = child
                 stack.append((_scan(entry.path), {}, child))
@@ -133,6 +135,17 @@ class _Walk:
             slot.node = DirectoryNode(self.store.put_directory(directory), directory.size)
 
 
+def _kind(entry: os.DirEntry[bytes]) -> int:
+    """The entry's file type from its ``d_type`` (no syscall); other kinds need an lstat."""
+    if entry.is_dir(follow_symlinks=False):
+        return stat.S_IFDIR
+    if entry.is_file(follow_symlinks=False):
+        return stat.S_IFREG
+    if entry.is_symlink():
+        return stat.S_IFLNK
+    return entry.stat(follow_symlinks=False).st_mode
+
+
 def _scan(path: bytes) -> list[os.DirEntry[bytes]]:
     try:
         with os.scandir(path) as it:
@@ -145,6 +158,7 @@ _buffers = threading.local()
 
 
 def _ingest_leaf(store: Store, path: bytes, mode: int) -> Node:
+    """The node for a non-directory ``path`` of type ``mode``, storing a file's contents."""
     if stat.S_ISLNK(mode):
         try:
             return SymlinkNode(os.readlink(path))
@@ -156,21 +170,45 @@ def _ingest_leaf(store: Store, path: bytes, mode: int) -> Node:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as e:
         raise StoreError(f"{os.fsdecode(path)}: cannot read: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)  # re-check on the open file: it may have been swapped since the scan
+        if not stat.S_ISREG(st.st_mode):
+            raise _unsupported(path, st.st_mode)
+        data = _read_small(fd, st.st_size) if st.st_size <= SMALL else None
+        if data is not None:
+            put = getattr(store, "put_bytes", None)
+            digest = put(data) if put else put_blob(store, data)
+            size = len(data)
+        else:
+            os.lseek(fd, 0, os.SEEK_SET)
+            digest, size = _stream(store, fd)
+    except OSError as e:
+        raise StoreError(f"{os.fsdecode(path)}: cannot read: {e.strerror}") from e
+    finally:
+        os.close(fd)
+    return FileNode(digest, size, bool(st.st_mode & stat.S_IXUSR))
+
+
+def _read_small(fd: int, size: int) -> bytes | None:
+    """The whole file if it (still) has at most ``SMALL`` bytes, else None: stream it."""
+    data = os.read(fd, size + 1)
+    while len(data) <= SMALL and (more := os.read(fd, SMALL + 1 - len(data))):
+        data += more
+    return data if len(data) <= SMALL else None
+
+
+def _stream(store: Store, fd: int) -> tuple[Digest, int]:
+    """Copy a large file into the store in ``CHUNK`` pieces; return (digest, size)."""
     buf = getattr(_buffers, "buf", None)
     if buf is None:
         buf = _buffers.buf = bytearray(CHUNK)  # one per thread, reused
-    with open(fd, "rb", buffering=0, closefd=True) as f:
-        st = os.fstat(fd)  # re-check on the open file: it may have been swapped since lstat
-        if not stat.S_ISREG(st.st_mode):
-            raise _unsupported(path, st.st_mode)
-        view = memoryview(buf)
-        size = 0
-        with store.blob_writer() as w:
-            while n := f.readinto(buf):
-                w.write(view[:n])
-                size += n
-            digest = w.commit()
-    return FileNode(digest, size, bool(st.st_mode & stat.S_IXUSR))
+    view = memoryview(buf)
+    size = 0
+    with store.blob_writer() as w:
+        while n := os.readv(fd, [buf]):
+            w.write(view[:n])
+            size += n
+        return w.commit(), size
 
 
 def _unsupported(path: bytes, mode: int) -> StoreError:

@@ -7,10 +7,21 @@ Layout under ``root``::
     directories/<2 hex>/<64 hex>  canonical proto bytes of a Directory
     tmp/                        staging files, one unique name per writer
 
-Every object is written to its own staging file in ``tmp/`` (same filesystem), fsynced, then
-renamed into place. Objects are content-addressed, so a rename over an existing object replaces
-it with identical bytes and a concurrent writer of the same object can never observe a missing
-staging file (the race Nixery had with a shared ``staging/<hash>`` name). Reads verify digests.
+Every object is written to its own staging file in ``tmp/`` (same filesystem), then renamed
+into place. Objects are content-addressed, so a rename over an existing object replaces it with
+identical bytes and a concurrent writer of the same object can never observe a missing staging
+file (the race Nixery had with a shared ``staging/<hash>`` name). Reads verify digests.
+
+Durability: like ``nix-store --add``, object contents are not fsynced by default. A crashed
+or killed process never loses data (it is in the page cache), and the rename makes an object
+appear whole or not at all. Only a power loss or kernel crash can leave an object truncated
+or empty under its final name; such an object is never trusted: writers re-store any object
+whose size differs from the one they are writing, ``has_blob`` treats an empty file as absent
+unless it is the empty blob, and every read verifies the digest (``store verify`` finds the
+rest). ``fsync=True`` or ``OCIBUILD_FSYNC=1`` fsyncs every object before its rename.
+
+A fresh store's root and ``blobs/`` are marked as allocator "top directories" (see
+``spread.py``) so their subdirectories land in lightly used parts of the filesystem.
 """
 
 from __future__ import annotations
@@ -22,13 +33,22 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from pytest_ocibuild.castore.digest import Digest, hasher
+from pytest_ocibuild.castore.digest import EMPTY, Digest, hasher
+from pytest_ocibuild.castore.direct import DirectWriter, open_direct
 from pytest_ocibuild.castore.nodes import Directory
+from pytest_ocibuild.castore.spread import mark_topdir
 from pytest_ocibuild.errors import StoreError
 
 _HEX = frozenset("0123456789abcdef")
 _LAZY = 1 << 20  # blobs up to this size are buffered before any staging file exists
+_DIRECT_MIN = 64 << 10  # blobs from this size on are written with O_DIRECT (see direct.py)
 _STAGING_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+def fsync_default() -> bool:
+    """Whether stores fsync objects when not told: ``OCIBUILD_FSYNC=1`` (default off)."""
+    return os.environ.get("OCIBUILD_FSYNC", "").strip().lower() in _TRUE
 
 
 class _Identity:
@@ -49,21 +69,27 @@ os.register_at_fork(after_in_child=_identity.renew)
 class LocalStore:
     """A content-addressed store on the local filesystem (see module docstring for layout).
 
-    ``fsync`` (default True) makes every object durable before its name appears; turning it off
-    is only for throwaway stores (tests, benchmarks of the no-fsync upper bound).
+    ``fsync`` makes every object durable before its name appears (default: ``fsync_default()``,
+    off unless ``OCIBUILD_FSYNC=1``; see the module docstring for what is safe without it).
     """
 
-    def __init__(self, root: Path | str, *, fsync: bool = True) -> None:
+    def __init__(self, root: Path | str, *, fsync: bool | None = None) -> None:
         self.root = Path(root)
-        self.fsync = fsync
-        for sub in ("blobs", "directories", "tmp"):
-            # idempotent and tolerant of concurrent creators (exist_ok at every level)
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync_default() if fsync is None else fsync
         base = os.fspath(self.root)
         self._blobs = os.path.join(base, "blobs")
         self._dirs = os.path.join(base, "directories")
         self._tmp = os.path.join(base, "tmp")
         self._made: set[str] = set()
+        self._direct = True  # until the filesystem refuses O_DIRECT
+        if os.path.isdir(self._tmp):
+            return
+        # a new store: idempotent and tolerant of concurrent creators (exist_ok at every level)
+        self.root.mkdir(parents=True, exist_ok=True)
+        mark_topdir(base)
+        for sub in (self._blobs, self._dirs, self._tmp):
+            os.makedirs(sub, exist_ok=True)
+        mark_topdir(self._blobs)
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -84,10 +110,19 @@ class LocalStore:
         Names are ``<kind>.<pid>-<random>.<counter>`` (re-randomised after fork) and created
         with O_EXCL, so two writers can never own the same staging file.
         """
+        fd, path, _ = self._staging_out(kind, direct=False)
+        return fd, path
+
+    def _staging_out(self, kind: str, direct: bool = True) -> tuple[int, str, DirectWriter]:
+        """Like ``_staging``, with a writer that uses O_DIRECT where the filesystem can."""
         while True:
             path = f"{self._tmp}/{kind}.{_identity.token}.{next(_identity.counter)}"
             try:
-                return os.open(path, _STAGING_FLAGS, 0o600), path
+                if direct and self._direct:
+                    fd, self._direct = open_direct(path, _STAGING_FLAGS, 0o600)
+                    return fd, path, DirectWriter(fd, self._direct)
+                fd = os.open(path, _STAGING_FLAGS, 0o600)
+                return fd, path, DirectWriter(fd, False)
             except FileExistsError:  # pragma: no cover - only with a colliding random token
                 continue
             except OSError as e:
@@ -116,8 +151,42 @@ class LocalStore:
 
     # -- blobs -------------------------------------------------------------------------
 
-    def has_blob(self, digest: Digest) -> bool:
-        return os.path.exists(self._blob_file(digest))
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
+        """True if the blob's file is present and plausible (not re-hashed).
+
+        With ``size`` the file must have exactly that size; without, an empty file only counts
+        for the empty blob (what a power loss leaves of an unsynced write).
+        """
+        return _present(self._blob_file(digest), size, digest)
+
+    def put_bytes(self, data: bytes | bytearray | memoryview) -> Digest:
+        """Store a blob held in memory and return its digest (the fast path for small files)."""
+        digest = Digest(hasher(data).digest())
+        self._put_known(digest, data)
+        return digest
+
+    def _put_known(self, digest: Digest, data: bytes | bytearray | memoryview) -> None:
+        """Store ``data`` (whose digest is ``digest``) unless a file of its size is there."""
+        target = self._blob_file(digest)
+        if _present(target, len(data), digest):
+            return
+        fd, staging, out = self._staging_out("blob", direct=len(data) >= _DIRECT_MIN)
+        try:
+            try:
+                out.write(data)
+                out.close()
+            finally:
+                out.release()
+            self._finish(fd, 0o444)
+            fd = -1
+            self._install(staging, target)
+        except BaseException as e:
+            if fd >= 0:
+                os.close(fd)
+            _unlink_quiet(staging)
+            if isinstance(e, OSError):
+                raise StoreError(f"blob {digest.hex}: cannot store: {e.strerror}") from e
+            raise
 
     def open_blob(self, digest: Digest) -> io.BufferedReader | None:
         """A buffered reader that verifies the blob's digest when it reaches EOF."""
@@ -138,7 +207,7 @@ class LocalStore:
         re-verified here.
         """
         plain = Path(self._blob_file(digest))
-        if not plain.exists():
+        if not _present(str(plain), None, digest):
             return None
         if not executable:
             return plain
@@ -186,7 +255,7 @@ class LocalStore:
         data = directory.encode()
         digest = Digest.of(data)
         target = self._dir_file(digest)
-        if os.path.exists(target):
+        if _present(target, len(data), digest):
             return digest
         fd, staging = self._staging("dir")
         try:
@@ -221,20 +290,24 @@ class _LocalWriter:
     def __init__(self, store: LocalStore) -> None:
         self._store = store
         self._fd, self._path = -1, ""
+        self._out: DirectWriter | None = None
         self._head = bytearray()
         self._hash = hasher()
+        self._size = 0
         self._done = False
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         if self._done:
             raise ValueError("blob writer already finished")
         self._hash.update(chunk)
+        self._size += len(chunk)
         if self._fd < 0 and len(self._head) + len(chunk) <= _LAZY:
             self._head += chunk
             return
         try:
             self._spill()
-            _write_all(self._fd, chunk)
+            assert self._out is not None
+            self._out.write(chunk)
         except OSError as e:
             self.abort()
             raise StoreError(f"{self._path}: cannot write blob: {e.strerror}") from e
@@ -242,8 +315,8 @@ class _LocalWriter:
     def _spill(self) -> None:
         """Create the staging file (once) and flush the in-memory head to it."""
         if self._fd < 0:
-            self._fd, self._path = self._store._staging("blob")
-            _write_all(self._fd, self._head)
+            self._fd, self._path, self._out = self._store._staging_out("blob")
+            self._out.write(self._head)
             self._head = bytearray()
 
     def commit(self) -> Digest:
@@ -251,12 +324,17 @@ class _LocalWriter:
             raise ValueError("blob writer already finished")
         self._done = True
         digest = Digest(self._hash.digest())
+        if self._fd < 0:  # small: still in memory, no staging file yet
+            head, self._head = self._head, bytearray()
+            self._store._put_known(digest, head)
+            return digest
         target = self._store._blob_file(digest)
         try:
-            if os.path.exists(target):  # already stored: nothing to write or fsync
+            if _present(target, self._size, digest):  # already stored: nothing to write
                 self._cleanup()
                 return digest
-            self._spill()
+            assert self._out is not None
+            self._out.close()
             fd, self._fd = self._fd, -1
             self._store._finish(fd, 0o444)
             self._store._install(self._path, target)
@@ -273,6 +351,8 @@ class _LocalWriter:
 
     def _cleanup(self) -> None:
         self._head = bytearray()
+        if self._out is not None:
+            self._out.release()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -320,6 +400,17 @@ class _VerifyingReader(io.RawIOBase):
     def close(self) -> None:
         self._f.close()
         super().close()
+
+
+def _present(path: str, size: int | None, digest: Digest) -> bool:
+    """Whether an object file at ``path`` can stand for ``digest`` (see ``has_blob``)."""
+    try:
+        actual = os.stat(path).st_size
+    except FileNotFoundError:
+        return False
+    if size is not None:
+        return actual == size
+    return actual > 0 or digest == EMPTY
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:

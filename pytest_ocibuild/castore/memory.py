@@ -51,8 +51,9 @@ class MemoryStore:
         self._dirs: dict[Digest, Directory] = {}
         self._lock = threading.Lock()
 
-    def has_blob(self, digest: Digest) -> bool:
-        return digest in self._blobs
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
+        data = self._blobs.get(digest)
+        return data is not None and (size is None or len(data) == size)
 
     def open_blob(self, digest: Digest) -> io.BytesIO | None:
         data = self._blobs.get(digest)

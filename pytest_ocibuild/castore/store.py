@@ -36,8 +36,11 @@ class Store(Protocol):
     writes are content-addressed and land by atomic rename.
     """
 
-    def has_blob(self, digest: Digest) -> bool:
-        """True if the blob is present (its contents are not re-verified)."""
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
+        """True if the blob is present (its contents are not re-verified).
+
+        With ``size``, only a blob of exactly that size counts (catches truncated objects).
+        """
         ...
 
     def open_blob(self, digest: Digest) -> BinaryIO | None:

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pytest_ocibuild.errors import NixError
 
@@ -51,39 +52,115 @@ def settings_from_nix() -> object:
                        environ=dict(os.environ))
 
 
-def cmd_nix_build(args: argparse.Namespace) -> int:
-    import dataclasses
+def default_store_dir() -> Path:
+    """``build.executor.default_store_dir`` without importing the executor (which is slow to
+    import: the CLI starts ``nix-instantiate`` first and imports it while Nix evaluates)."""
+    env = os.environ.get("OCIBUILD_STORE")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "ocibuild" / "store"
 
-    from pytest_ocibuild.build.executor import default_store_dir, open_executor
-    from pytest_ocibuild.castore.ingest import export
-    from pytest_ocibuild.nix.build import NixBuilder, print_progress, result_json
-    from pytest_ocibuild.nix.evaluate import instantiate
 
-    store_dir = Path(args.store) if args.store else default_store_dir()
-    state = store_dir.parent / "nix"
+def resolve_target(args: argparse.Namespace, state: Path) -> tuple[Callable[[], str], Path | str]:
+    """``(wait, store_root)``: ``wait()`` gives the .drv path to build (for a .nix file,
+    ``nix-instantiate`` is already running when this returns) and ``store_root`` the store
+    the .drv files are read from."""
     target = args.target
-    store_root: Path | str = "/"
     if target.endswith(".drv"):
         if args.attr or args.arg or args.argstr:
             raise NixError("-A, --arg and --argstr apply to .nix files, not to a .drv")
         drv_path = os.path.realpath(target) if not target.startswith("/nix/store/") else target
-    else:
-        # evaluated into a private store: /nix/store is left alone, even the .drv files
-        store_root = state / "eval-store"
-        store_root.mkdir(parents=True, exist_ok=True)
-        drv_path = instantiate(target, attr=args.attr, args=dict(args.arg),
-                               argstrs=dict(args.argstr), store_root=store_root)
+        return (lambda: drv_path), "/"
+    from pytest_ocibuild.nix.evaluate import start_instantiate
+
+    # evaluated into a private store: /nix/store is left alone, even the .drv files
+    store_root = state / "eval-store"
+    store_root.mkdir(parents=True, exist_ok=True)
+    return start_instantiate(target, attr=args.attr, args=dict(args.arg),
+                             argstrs=dict(args.argstr), store_root=store_root), store_root
+
+
+def _in_background(fn: Callable[[], object]) -> Callable[[], None]:
+    """Run ``fn`` in a thread; the returned function joins it and re-raises its exception."""
+    import threading
+
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # handed to the joining thread
+            failed.append(e)
+
+    thread = threading.Thread(target=run, name="ocibuild-prepare", daemon=True)
+    thread.start()
+
+    def join() -> None:
+        thread.join()
+        if failed:
+            raise failed[0]
+
+    return join
+
+
+def cmd_nix_build(args: argparse.Namespace) -> int:
+    """Evaluate (Nix runs while the executor is imported and prepared), build, report."""
+    store_dir = Path(args.store) if args.store else default_store_dir()
+    state = store_dir.parent / "nix"
+    wait_drv, store_root = resolve_target(args, state)
+    try:
+        executor, settings, join = _prepare(args, store_dir)
+    except BaseException:
+        wait_drv()  # Nix's own error, if it has one, is the one to report
+        raise
+    try:
+        drv_path = wait_drv()
+    finally:
+        join()
+    return _build(args, executor, settings, state, store_root, drv_path)
+
+
+def _prepare(args: argparse.Namespace, store_dir: Path) -> tuple[Any, Any, Callable[[], None]]:
+    """The executor, the Nix settings, and a join for the executor's start-up work (purging
+    what crashed runs left; checking runc), which runs in a thread meanwhile."""
+    import dataclasses
+
+    from pytest_ocibuild.build.executor import open_executor
+
     executor = open_executor(store=store_dir, runtime=args.runtime, inputs=args.inputs,
                              keep_bundles=args.keep_bundle, timeout=args.timeout,
-                             max_parallel=args.jobs, cache=not getattr(args, "no_cache", False))
-    settings = settings_from_nix()
-    if args.cores is not None:
-        settings = dataclasses.replace(settings, cores=args.cores)  # type: ignore[type-var]
-    builder = NixBuilder(executor, state, settings=settings,  # type: ignore[arg-type]
+                             max_parallel=args.jobs, cache=not getattr(args, "no_cache", False),
+                             purge=False)
+
+    def start_up() -> None:
+        executor.purge()
+        executor.runtime.unavailable_reason()  # remembered when it passes
+
+    join = _in_background(start_up)
+    try:
+        import pytest_ocibuild.nix.build  # noqa: F401 - imported while Nix evaluates
+
+        settings = settings_from_nix()
+        if args.cores is not None:
+            settings = dataclasses.replace(settings, cores=args.cores)  # type: ignore[type-var]
+    except BaseException:
+        join()
+        raise
+    return executor, settings, join
+
+
+def _build(args: argparse.Namespace, executor: Any, settings: Any, state: Path,
+           store_root: Path | str, drv_path: str) -> int:
+    from pytest_ocibuild.nix.build import NixBuilder, print_progress, result_json
+
+    builder = NixBuilder(executor, state, settings=settings,
                          progress=print_progress if sys.stderr.isatty() else None,
                          store_root=store_root)
     outputs = builder.build(drv_path)
     if args.export:
+        from pytest_ocibuild.castore.ingest import export
+
         args.export.mkdir(parents=True, exist_ok=True)
         for info in outputs.values():
             dest = args.export / os.path.basename(info.path)

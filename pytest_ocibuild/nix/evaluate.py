@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +28,26 @@ def store_args(store_root: str | Path | None) -> list[str]:
     return ["--store", f"local?root={os.path.abspath(store_root)}"]
 
 
-def _run(argv: Sequence[str], what: str) -> str:
+def _spawn(argv: Sequence[str], what: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "NIX_REMOTE"}
     env["NIX_REMOTE"] = ""  # the local store, as `NIX_REMOTE= nix-build` uses it
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, check=False)
+        return subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
     except FileNotFoundError:
         raise NixError(f"{argv[0]} is not installed (needed to {what})") from None
+
+
+def _collect(proc: subprocess.Popen[str], what: str) -> str:
+    with proc:
+        out, err = proc.communicate()
     if proc.returncode != 0:
-        raise NixError(f"{what}: {_last_error(proc.stderr)}")
-    return proc.stdout
+        raise NixError(f"{what}: {_last_error(err)}")
+    return out
+
+
+def _run(argv: Sequence[str], what: str) -> str:
+    return _collect(_spawn(argv, what), what)
 
 
 def _last_error(stderr: str) -> str:
@@ -61,6 +71,20 @@ def instantiate(
     ``store_root`` the ``.drv`` files and sources go into that private store instead of
     ``/nix/store``.
     """
+    return start_instantiate(file, attr=attr, args=args, argstrs=argstrs,
+                             store_root=store_root)()
+
+
+def start_instantiate(
+    file: str | Path,
+    *,
+    attr: str | None = None,
+    args: Mapping[str, str] | None = None,
+    argstrs: Mapping[str, str] | None = None,
+    store_root: str | Path | None = None,
+) -> Callable[[], str]:
+    """``instantiate`` started in the background: returns a function that waits for it and
+    gives the .drv path (or raises its NixError), so the caller can work meanwhile."""
     argv = ["nix-instantiate", *store_args(store_root), str(file)]
     if attr:
         argv += ["-A", attr]
@@ -68,11 +92,17 @@ def instantiate(
         argv += ["--arg", n, e]
     for n, s in (argstrs or {}).items():
         argv += ["--argstr", n, s]
-    out = _run(argv, f"cannot evaluate {file}").split()
-    drvs = sorted({p.split("!", 1)[0] for p in out})
-    if len(drvs) != 1 or not drvs[0].endswith(".drv"):
-        raise NixError(f"{file}: expected one derivation, nix-instantiate gave {len(drvs)}")
-    return drvs[0]
+    what = f"cannot evaluate {file}"
+    proc = _spawn(argv, what)
+
+    def result() -> str:
+        out = _collect(proc, what).split()
+        drvs = sorted({p.split("!", 1)[0] for p in out})
+        if len(drvs) != 1 or not drvs[0].endswith(".drv"):
+            raise NixError(f"{file}: expected one derivation, nix-instantiate gave {len(drvs)}")
+        return drvs[0]
+
+    return result
 
 
 def known_drv_paths(

@@ -1,0 +1,97 @@
+"""``ocibuild nix-build``'s start-up path: Nix evaluates while the executor is prepared."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_ocibuild.build.request import node_to_dict
+from pytest_ocibuild.castore.digest import Digest
+from pytest_ocibuild.castore.nodes import DirectoryNode, FileNode, SymlinkNode
+from pytest_ocibuild.nix.closure import node_from_json
+
+ROOT = Path(__file__).resolve().parents[2]
+needs_nix = pytest.mark.skipif(
+    shutil.which("nix-instantiate") is None or shutil.which("runc") is None
+    or os.geteuid() != 0, reason="needs Nix, runc and root")
+NIX = """{ bbdir, nonce ? "" }:
+let lib = import @ROOT@/nix/lib.nix { inherit bbdir; }; in
+{ t = lib.mk "cli-t" "echo ${nonce} > $out" {}; }
+""".replace("@ROOT@", str(ROOT))
+
+
+@pytest.mark.parametrize("env", [{}, {"OCIBUILD_STORE": "/x/store"}, {"XDG_CACHE_HOME": "/c"},
+                                 {"HOME": "/h"}])
+def test_default_store_dir_is_the_executors(monkeypatch: pytest.MonkeyPatch,
+                                            env: dict[str, str]) -> None:
+    from pytest_ocibuild.build.executor import default_store_dir as executors
+    from pytest_ocibuild.nix.command import default_store_dir
+
+    for name in ("OCIBUILD_STORE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert default_store_dir() == executors()
+
+
+def test_node_records_round_trip_without_the_request_loader() -> None:
+    nodes = [SymlinkNode(b"../x"), SymlinkNode(b"\xff\xfe"), FileNode(Digest.of(b"a"), 1, True),
+             FileNode(Digest.of(b"b"), 2, False), DirectoryNode(Digest.of(b"c"), 3)]
+    assert [node_from_json(node_to_dict(n)) for n in nodes] == nodes
+    for bad in ({"type": "fifo", "digest": "00" * 32, "size": 1},
+                {"type": "file", "digest": "zz", "size": 1},
+                {"type": "file", "digest": "00" * 32, "size": -1},
+                {"type": "directory", "size": 1}):
+        with pytest.raises((ValueError, KeyError)):
+            node_from_json(bad)
+
+
+def test_importing_the_nix_package_imports_no_submodule() -> None:
+    code = ("import sys, pytest_ocibuild.nix as n; "
+            "print(sorted(m for m in sys.modules if m.startswith('pytest_ocibuild.nix.'))); "
+            "print(all(getattr(n, a) is not None for a in n.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    assert out[:2] == ["[]", "True"]
+
+
+def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest_ocibuild", "nix-build", "--store",
+                           str(tmp_path / "store"), *args], capture_output=True, text=True,
+                          check=False)
+
+
+@needs_nix
+def test_evaluation_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "bad.nix").write_text("{ x = ; }")
+    res = run_cli(tmp_path, str(tmp_path / "bad.nix"))
+    assert res.returncode == 2 and res.stdout == ""
+    [line] = res.stderr.splitlines()
+    assert line.startswith(f"ocibuild: error: cannot evaluate {tmp_path / 'bad.nix'}: "
+                           "syntax error"), res.stderr
+
+
+@needs_nix
+def test_the_build_path_imports_no_yaml_jsonschema_or_pytest(tmp_path: Path) -> None:
+    (tmp_path / "bb").mkdir()
+    shutil.copy2("/bin/busybox", tmp_path / "bb" / "busybox")
+    (tmp_path / "t.nix").write_text(NIX)
+    code = ("import sys; from pytest_ocibuild.cli import main; rc = main(sys.argv[1:]); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'yaml', 'jsonschema', 'pytest', '_pytest', 'syrupy'}), file=sys.stderr); "
+            "sys.exit(rc)")
+    nonce = os.urandom(6).hex()
+    res = subprocess.run(
+        [sys.executable, "-c", code, "nix-build", "--json", "--store", str(tmp_path / "store"),
+         str(tmp_path / "t.nix"), "-A", "t", "--arg", "bbdir", str(tmp_path / "bb"),
+         "--argstr", "nonce", nonce], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.splitlines()[-1] == "[]"
+    out = json.loads(res.stdout)["outputs"]["out"]
+    assert out["path"].endswith("-cli-t") and not os.path.exists(out["path"])
