@@ -150,9 +150,9 @@ def main() -> int:
         bbdir.mkdir()
         shutil.copy2("/bin/busybox", bbdir / "busybox")
         store = Path(tmp) / "store"
+        compileall.compile_dir(ROOT / "pytest_ocibuild", quiet=2)
         if args.floor:
             floor(args.runs, bbdir, Path(tmp), run_id)
-        compileall.compile_dir(ROOT / "pytest_ocibuild", quiet=2)
         watch = StoreWatch()
         timed(nix_cmd(bbdir, "graph.trivial", f"{run_id}-warm-nix"))
         watch.run(ours_cmd(store, bbdir, "graph.trivial", f"{run_id}-warm-ours"))

@@ -7,6 +7,7 @@ Layout of ``bundle_dir``::
     root/                        ``/`` (0750, group 100): etc/{passwd,group,hosts}, tmp/ (1777)
                                  + mount points
     dev/                         ``/dev``: symlinks fd, stdin, stdout, stderr, ptmx + mount points
+                                 (or a symlink to a shared copy: see ``make_bundle``)
     scratch/<scratch_name(p)>/   one writable directory per scratch path p
     caches/<name>                symlink to the build's clone of persistent cache <name>
 
@@ -23,6 +24,7 @@ import base64
 import contextlib
 import json
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import Any
 
 import blake3
 
+from pytest_ocibuild.build.atomic import remove_tree
 from pytest_ocibuild.build.ids import BUILD_GID, BUILD_UID
 from pytest_ocibuild.build.request import BuildRequest, is_path_prefix
 from pytest_ocibuild.castore.nodes import FileNode, SymlinkNode
@@ -120,19 +123,23 @@ def make_bundle(
     bundle_dir: Path,
     *,
     cache_dirs: Mapping[str, Path] | None = None,
+    shared_dir: Path | None = None,
 ) -> BundleLayout:
     """Write ``spec`` and the directory skeleton for ``request`` into ``bundle_dir``.
 
     ``cache_dirs`` maps each of ``request.caches``' names to the host directory (the build's
-    clone) that ``caches/<name>`` links to. ``bundle_dir`` may exist but must not hold a
-    bundle already. Raises BundleError.
+    clone) that ``caches/<name>`` links to. ``shared_dir``: where bundles keep what they can
+    share; ``dev/`` (bound read-only at /dev, the same for every build with the same device
+    mounts) is then a symlink to ``<shared_dir>/dev-<key>``, made once (None: every bundle
+    gets its own). ``bundle_dir`` may exist but must not hold a bundle already. Raises
+    BundleError.
     """
     layout = BundleLayout(Path(bundle_dir), request)
     missing = {c.name for c in request.caches} - set(cache_dirs or {})
     if missing:
         raise BundleError(f"no directory given for cache(s) {', '.join(sorted(missing))}")
     try:
-        _make(layout, spec, cache_dirs or {})
+        _make(layout, spec, cache_dirs or {}, shared_dir)
     except OSError as e:
         raise BundleError(f"cannot create bundle in {bundle_dir}: {e}") from e
     return layout
@@ -143,7 +150,10 @@ def build_owner(spec: dict[str, Any]) -> tuple[int, int]:
     return _host_id(spec, "uidMappings", BUILD_UID), _host_id(spec, "gidMappings", BUILD_GID)
 
 
-def _make(layout: BundleLayout, spec: dict[str, Any], cache_dirs: Mapping[str, Path]) -> None:
+def _make(
+    layout: BundleLayout, spec: dict[str, Any], cache_dirs: Mapping[str, Path],
+    shared_dir: Path | None,
+) -> None:
     request = layout.request
     layout.bundle_dir.mkdir(parents=True, exist_ok=True)
     if layout.config_path.exists():
@@ -170,12 +180,17 @@ def _make(layout: BundleLayout, spec: dict[str, Any], cache_dirs: Mapping[str, P
         else:
             _chown(d, owner, 0o700 if p == request.working_dir else 0o755)
     _make_working_dir(layout, owner)
-    if any(m.get("source") == DEV_SOURCE for m in spec.get("mounts", [])):
+    mounts = spec.get("mounts", [])
+    dev: Path | None = None
+    if any(m.get("source") == DEV_SOURCE for m in mounts):
         dev = layout.bundle_dir / DEV_SOURCE
-        dev.mkdir()
-        for name, target in DEV_SYMLINKS:
-            os.symlink(target, dev / name)
-    _make_mount_points(layout, spec.get("mounts", []))
+        if shared_dir is None:
+            _make_dev(dev)
+        else:
+            os.symlink(_shared_dev(layout, mounts, Path(shared_dir)), dev)
+            dev = None  # complete already: no mount points to make in it
+    _make_mount_points(layout, mounts, root=layout.root_dir, dev=dev)
+    _symlink_inputs(layout, mounts)
     for f in request.additional_files:
         _write_additional(layout, f.path, f.contents, owner)
     if request.caches:
@@ -184,7 +199,39 @@ def _make(layout: BundleLayout, spec: dict[str, Any], cache_dirs: Mapping[str, P
             # runc resolves the relative mount source here; the kernel follows the link
             os.symlink(os.path.abspath(cache_dirs[c.name]), layout.bundle_dir / "caches" / c.name)
     # Last, so that a half-made bundle is never mistaken for a finished one.
-    layout.config_path.write_text(json.dumps(spec, indent=2) + "\n")
+    layout.config_path.write_text(json.dumps(spec) + "\n")  # C encoder: no indent
+
+
+def _make_dev(dev: Path) -> None:
+    """``dev`` with Nix's symlinks (mount points are made by ``_make_mount_points``)."""
+    dev.mkdir()
+    for name, target in DEV_SYMLINKS:
+        os.symlink(target, dev / name)
+
+
+def _shared_dev(layout: BundleLayout, mounts: list[dict[str, Any]], shared_dir: Path) -> Path:
+    """``<shared_dir>/dev-<key>``, made unless it exists (in a directory of its own, renamed
+    into place: concurrent makers never see a half-made one); ``key`` digests its contents."""
+    below = [(m["destination"], m.get("type"), m.get("options", []),
+              _is_file_source(layout, m)) for m in mounts
+             if is_path_prefix("/dev", m["destination"]) and m["destination"] != "/dev"]
+    key = blake3.blake3(json.dumps([DEV_SYMLINKS, below]).encode()).hexdigest()[:32]
+    final = shared_dir.absolute() / f"dev-{key}"
+    if final.is_dir():
+        return final
+    shared_dir.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        _make_dev(tmp)
+        _make_mount_points(layout, mounts, root=None, dev=tmp)
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+    finally:
+        if os.path.lexists(tmp):  # another process renamed its copy first
+            remove_tree(tmp)
+    return final
 
 
 def _make_working_dir(layout: BundleLayout, owner: tuple[int, int]) -> None:
@@ -249,14 +296,16 @@ def _write_additional(
     _chown(target, owner, 0o644)
 
 
-def _make_mount_points(layout: BundleLayout, mounts: list[dict[str, Any]]) -> None:
-    """Create each mount's destination in whatever lies below it: root/ or a scratch dir.
+def _make_mount_points(
+    layout: BundleLayout, mounts: list[dict[str, Any]], *, root: Path | None, dev: Path | None
+) -> None:
+    """Create each mount's destination in whatever lies below it: ``root`` (``/``), ``dev``
+    (the /dev mount) or a scratch dir; nothing where that is None.
 
     Mount points on top of other mounts without a host directory (tmpfs, host binds) are
-    left to runc. Per-name symlink inputs are not mounted (a bind mount would follow them on
-    the host): the symlink itself is created in the scratch directory below.
+    left to runc.
     """
-    backing: list[tuple[str, Path | None]] = [("/", layout.root_dir)]
+    backing: list[tuple[str, Path | None]] = [("/", root)]
     scratch_by_dest = {"/" + p: layout.scratch_dir(p) for p in layout.request.scratch_paths}
     for m in mounts:
         dest = m["destination"]
@@ -268,18 +317,20 @@ def _make_mount_points(layout: BundleLayout, mounts: list[dict[str, Any]]) -> No
             if m.get("type") == "tmpfs":
                 _apply_tmpfs_mode(point, m.get("options", []))
         src = m.get("source", "")
-        backing.append((dest, scratch_by_dest.get(dest) if src.startswith("scratch/") else
-                        layout.bundle_dir / DEV_SOURCE if src == DEV_SOURCE else None))
-    _symlink_inputs(layout, backing)
+        backing.append((dest, scratch_by_dest.get(dest) if src.startswith("scratch/") and
+                        root is not None else dev if src == DEV_SOURCE else None))
 
 
-def _symlink_inputs(layout: BundleLayout, backing: list[tuple[str, Path | None]]) -> None:
+def _symlink_inputs(layout: BundleLayout, mounts: list[dict[str, Any]]) -> None:
+    """Per-name symlink inputs are not mounted (a bind mount would follow them on the host):
+    the symlink itself is created in the scratch directory below."""
     request = layout.request
+    bound = {m["destination"] for m in mounts}
     for name, node in request.inputs.items():
         if not isinstance(node, SymlinkNode):
             continue
         dest = f"/{request.inputs_dir}/{name}"
-        if any(d == dest for d, _ in backing):
+        if dest in bound:
             continue  # bound (whole inputs dir case never lists names)
         found = find_path_in_scratch(dest[1:], request.scratch_paths)
         if found is None:

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from pytest_ocibuild.build.lifecycle import PurgeReport
 
 CONTAINER_PREFIX = "ocibuild-"  # containers and bundles: ocibuild-<pid>-<n>-<digest12>
+SHARED_DIR = "shared"  # under bundle_root: what bundles share (see bundle.make_bundle)
 CACHEABLE_FAILURES = ("exit-code", "missing-output")
 LOG_TAIL_LINES = 25
 _counter = itertools.count()
@@ -237,11 +238,14 @@ class Executor:
         for path in (log_path, *(Path(f"{log_path}.{s}") for s in STREAMS)):
             path.write_bytes(b"")  # the runtime appends: both streams, and each alone
         with self._slots.acquire(), contextlib.ExitStack() as stack:
+            # runc deletes the container while we ingest the outputs and remove the bundle
+            stack.enter_context(self.runtime.deferring_deletes())
             clones = {c.name: stack.enter_context(self.caches.use(  # type: ignore[union-attr]
                 c.name, owner=build_owner(spec))) for c in request.caches}
             try:
                 layout = make_bundle(request, spec, bundle_dir,
-                                     cache_dirs={n: c.path for n, c in clones.items()})
+                                     cache_dirs={n: c.path for n, c in clones.items()},
+                                     shared_dir=self.bundle_root / SHARED_DIR)
                 with self.inputs.provide(self.store, request.inputs, layout.inputs_dir):
                     status = self.runtime.run(bundle_dir, cid, log=log_path, timeout=timeout)
                 if status.timed_out:

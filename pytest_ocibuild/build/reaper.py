@@ -1,37 +1,62 @@
-"""Run ``runc run --detach`` and wait for the container's init with its real exit status.
+"""The reaper: one long-lived helper process that runs ``runc run --detach`` for every build.
 
-Executed as a script (``python -I -S reaper.py PIDFILE PERSONALITY STREAMS RUNC ARGS...``;
-stdlib only, so it starts fast). ``runc run`` without a terminal pumps the build's stdio through
-pipes of its own; detached, runc hands the container the fds 0-2 we give it as they are, but
-then exits while the container runs. This process therefore makes itself a child subreaper
+Executed as a script (``python -I -S reaper.py CONTROL_FD PERSONALITY``; stdlib only) by
+``reaper_client``, once per client process. ``runc run`` without a terminal pumps the build's
+stdio through pipes of its own; detached, runc hands the container the fds 0-2 we give it as
+they are, but then exits while the container runs. This process therefore is a child subreaper
 (``PR_SET_CHILD_SUBREAPER``): when runc exits, the orphaned container init is reparented here
-and ``waitpid`` gives its exit code or signal.
+and ``waitpid`` gives its exit code or signal. Being long-lived, it saves every build an
+interpreter start.
 
-Output: the build's stdin is our fd 0 (/dev/null). With ``STREAMS`` empty its stdout and stderr
-are our fds 1 and 2 (the log file) themselves. With ``STREAMS`` a path prefix, the build gets
-one pipe for stdout and one for stderr; this process copies every chunk, as it reads it, both
-to our fd 1 (the combined log, in the order the chunks were read) and to ``STREAMS.stdout`` /
-``STREAMS.stderr`` (appended to). It drains both pipes until EOF, which comes when every
-holder of their write ends is gone: the container's processes (all killed with its init, also
-on timeout) and runc (whose own errors thus land in the log too). Nothing is lost on a kill
-of the container; only a SIGKILL of this process (a last resort of the caller) can drop what
-is still in the pipes. Chunks written to the two streams within the same instant may appear
-in the combined log in either order.
+Protocol: ``CONTROL_FD`` is an ``AF_UNIX`` ``SOCK_SEQPACKET`` socket. Each message on it is one
+job: JSON ``{"argv": [runc, ..., "run", "--detach", "--pid-file", P, ...], "pid_file": P,
+"state": D, "delete": [runc, ..., "delete", "--force", ID]}`` with four fds (SCM_RIGHTS): the
+job's own channel (a SEQPACKET socket), the combined log, the stdout file and the stderr file
+(all appended to). On the channel the client may send ``kill`` (SIGKILL runc and the
+container's init). The reaper answers twice: ``{"code": N}`` once the container's init is
+reaped and both output pipes are at EOF (the log is complete), then ``{"deleted": bool}`` once
+the container is deleted. A job whose client is gone (its channel closed, e.g. the client was
+killed) goes on as it would have, and is reaped and deleted when it ends; a ``purge`` (see
+lifecycle) may kill it before that. EOF on ``CONTROL_FD`` (the client process is gone or
+exiting) makes the reaper exit once it has no job left.
 
-Exit status: runc's own when ``runc run --detach`` fails (the caller reads runc's log to tell
+Deleting: once we have reaped the init of a container with its own PID namespace, the
+container is stopped and every process of it is gone; ``runc delete`` would then only remove
+its cgroups and its state directory ``D`` (it runs poststop hooks and removes Intel RDT groups
+too, which our containers have none of). The reaper does that itself, saving a runc process
+per build, when ``D/state.json`` says there is nothing else to do; otherwise (and whenever
+runc did not start the container, or a step fails) it runs ``delete``.
+
+Output: the build's stdin is /dev/null itself. Its stdout and stderr are one pipe each; every
+chunk, as read, goes both to the combined log (in the order the chunks were read) and to the
+stdout or stderr file. The pipes reach EOF when every holder of their write ends is gone: the
+container's processes (all killed with its init, also on timeout) and runc (whose own errors
+thus land in the log too). Chunks written to the two streams within the same instant may
+appear in the combined log in either order.
+
+Exit code: runc's own when ``runc run --detach`` fails (the caller reads runc's log to tell
 why); otherwise the container's code, 128+N if signal N killed it (as ``runc run`` reports).
-``PERSONALITY`` (hex, 0: leave alone) is or-ed into this process's personality before runc runs;
-runc 1.1.5 does not reset it, so the build inherits it (``ADDR_NO_RANDOMIZE``, as Nix sets).
+``PERSONALITY`` (hex, 0: leave alone) is or-ed into this process's personality at start;
+runc 1.1.5 does not reset it, so builds inherit it (``ADDR_NO_RANDOMIZE``, as Nix sets).
 """
 
 from __future__ import annotations
 
+import array
+import contextlib
 import ctypes
+import errno
+import json
 import os
-import select
+import selectors
+import signal
+import socket
 import sys
+import time
 
 PR_SET_CHILD_SUBREAPER = 36
+_READ = selectors.EVENT_READ
+_FDS_PER_JOB = 4
 
 
 def _status(st: int) -> int:
@@ -40,8 +65,256 @@ def _status(st: int) -> int:
     return os.WEXITSTATUS(st) if os.WIFEXITED(st) else 255
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _kill(pid: int | None) -> None:
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def remove_stopped(state_dir: str) -> bool:
+    """Delete a stopped container as ``runc delete`` would: its cgroups, then ``state_dir``.
+
+    False (leaving whatever is left to ``runc delete``) unless ``state.json`` is readable and
+    names no hooks, no Intel RDT group and no systemd-managed cgroup, and every step works.
+    """
+    state_file = os.path.join(state_dir, "state.json")
+    try:
+        with open(state_file, "rb") as f:
+            state = json.load(f)
+        config = state["config"]
+        if any((config.get("Hooks") or {}).values()) or state.get("intel_rdt_path") or \
+                (config.get("cgroups") or {}).get("Systemd"):
+            return False
+        cgroups = set((state.get("cgroup_paths") or {}).values())
+        for path in sorted(cgroups, key=len, reverse=True):  # children first
+            _remove_cgroup(path)
+        with os.scandir(state_dir) as it:
+            names = [e.name for e in it]
+        for name in names:  # state.json (and exec.fifo if runc left it)
+            os.unlink(os.path.join(state_dir, name))
+        os.rmdir(state_dir)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def _remove_cgroup(path: str) -> None:
+    """rmdir a cgroup whose processes are gone (the kernel may need a moment to notice)."""
+    if not path.startswith("/sys/fs/cgroup/"):
+        raise ValueError(f"not a cgroup: {path}")
+    for delay in (0.0, 0.001, 0.005, 0.02, 0.05):
+        time.sleep(delay)
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+    os.rmdir(path)
+
+
+class Job:
+    """One build: runc, then the container's init, the output pipes, then ``runc delete``."""
+
+    def __init__(self, reaper: Reaper, spec: dict, fds: list[int]) -> None:
+        self.reaper = reaper
+        self.chan = socket.socket(fileno=fds[0])
+        self.log, out, err = fds[1:]
+        self.pid_file: str = spec["pid_file"]
+        self.state_dir: str = spec["state"]
+        self.delete_argv: list[str] = spec["delete"]
+        self.sinks: dict[int, int] = {}
+        self.init: int | None = None
+        self.code: int | None = None
+        self.deleter: int | None = None
+        self.deleted: bool | None = None
+        self.abandoned = False
+        self.exit_sent = False
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self.sinks = {out_r: out, err_r: err}
+        try:
+            self.runc: int | None = os.posix_spawn(spec["argv"][0], spec["argv"], os.environ,
+                                                   file_actions=[
+                (os.POSIX_SPAWN_DUP2, reaper.devnull, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+                (os.POSIX_SPAWN_DUP2, err_w, 2)])
+        except OSError as e:
+            self.runc = None
+            self._say(f"ocibuild: cannot execute {spec['argv'][0]}: {e.strerror}\n")
+            self.code = 127
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        if self.runc is not None:
+            reaper.reaped.pop(self.runc, None)  # an old status of a reused pid
+        for r in self.sinks:
+            reaper.sel.register(r, _READ, (self._pump, r))
+        reaper.sel.register(self.chan, _READ, (self._message, None))
+
+    def _say(self, text: str) -> None:
+        _write_all(self.log, text.encode())
+
+    def _pump(self, r: int) -> None:
+        data = os.read(r, 65536)
+        if not data:
+            self.reaper.sel.unregister(r)
+            os.close(r)
+            os.close(self.sinks.pop(r))
+            return
+        _write_all(self.log, data)
+        _write_all(self.sinks[r], data)
+
+    def _message(self, _: None) -> None:
+        try:
+            data = self.chan.recv(64)
+        except OSError:
+            data = b""
+        if not data:  # the client is gone: nobody to answer (the job goes on)
+            self.reaper.sel.unregister(self.chan)
+            self.abandoned = True
+        elif data == b"kill":
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL runc (while running) and the container's init (once known, until reaped)."""
+        if self.code is None:
+            if self.runc is not None and self.runc not in self.reaper.reaped:
+                _kill(self.runc)
+            if self.init is not None and self.init not in self.reaper.reaped:
+                _kill(self.init)
+
+    def advance(self) -> bool:
+        """Move on with what has been reaped; True once the job is over and answered."""
+        reaped = self.reaper.reaped
+        if self.code is None and self.init is None and self.runc in reaped:
+            runc_code = _status(reaped.pop(self.runc))
+            self.runc = None
+            if runc_code != 0:
+                self.code = runc_code
+            else:
+                try:
+                    with open(self.pid_file) as f:
+                        self.init = int(f.read().strip())
+                except (OSError, ValueError) as e:
+                    self._say(f"ocibuild: runc wrote no container pid: {e}\n")
+                    self.code = 125
+        if self.code is None and self.init is not None and self.init in reaped:
+            self.code = _status(reaped.pop(self.init))
+            if remove_stopped(self.state_dir):
+                self.deleted = True
+        if self.code is None:
+            return False
+        if self.deleter is None and self.deleted is None:
+            self.deleter = self.reaper.spawn_quiet(self.delete_argv)
+            if self.deleter is None:
+                self.deleted = False
+        if not self.sinks and not self.exit_sent:
+            self.exit_sent = True
+            self._answer({"code": self.code})
+        if self.deleter is not None and self.deleter in reaped:
+            self.deleted = reaped.pop(self.deleter) == 0
+            self.deleter = None
+        if self.deleted is None or not self.exit_sent:
+            return False
+        self._answer({"deleted": self.deleted})
+        if not self.abandoned:
+            self.reaper.sel.unregister(self.chan)
+        self.chan.close()
+        os.close(self.log)
+        return True
+
+    def _answer(self, answer: dict) -> None:
+        if not self.abandoned:
+            with contextlib.suppress(OSError):
+                self.chan.send(json.dumps(answer).encode())
+
+
+class Reaper:
+    """The event loop: the control socket, SIGCHLD, and every job's pipes and channel."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.sel = selectors.DefaultSelector()
+        self.reaped: dict[int, int] = {}
+        self.jobs: list[Job] = []
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.sel.register(self.wake_r, _READ, (self._drain_wakeups, None))
+        self.sel.register(control, _READ, (self._accept, None))
+        self.closing = False
+
+    def spawn_quiet(self, argv: list[str]) -> int | None:
+        """Start ``argv`` with stdio on /dev/null; None if it cannot be executed."""
+        try:
+            pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=[
+                (os.POSIX_SPAWN_DUP2, self.devnull, 0), (os.POSIX_SPAWN_DUP2, self.devnull, 1),
+                (os.POSIX_SPAWN_DUP2, self.devnull, 2)])
+        except OSError:
+            return None
+        self.reaped.pop(pid, None)
+        return pid
+
+    def _drain_wakeups(self, _: None) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _accept(self, _: None) -> None:
+        fds = array.array("i")
+        try:
+            msg, ancdata, _flags, _addr = self.control.recvmsg(
+                65536, socket.CMSG_SPACE(_FDS_PER_JOB * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
+        except OSError:
+            msg, ancdata = b"", []
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        if not msg:  # the client is gone: finish the jobs, then exit
+            for fd in fds:
+                os.close(fd)
+            self.sel.unregister(self.control)
+            self.closing = True
+            return
+        if len(fds) != _FDS_PER_JOB:
+            for fd in fds:
+                os.close(fd)
+            return
+        self.jobs.append(Job(self, json.loads(msg), list(fds)))
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, st = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.reaped[pid] = st
+
+    def serve(self) -> None:
+        while not (self.closing and not self.jobs):
+            for key, _ in self.sel.select():
+                handler, arg = key.data
+                handler(arg)
+            self._reap()
+            self.jobs = [job for job in self.jobs if not job.advance()]
+
+
 def main(argv: list[str]) -> int:
-    pid_file, personality, streams, cmd = argv[1], int(argv[2], 16), argv[3], argv[4:]
+    control = socket.socket(fileno=int(argv[1]))
+    personality = int(argv[2], 16)
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         print(f"ocibuild: prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}",
@@ -51,68 +324,9 @@ def main(argv: list[str]) -> int:
         current = libc.personality(0xFFFFFFFF)
         if current != -1:
             libc.personality(current | personality)
-    # Without STREAMS the build inherits fds 0-2 as they are.
-    runc = _spawn_and_copy(cmd, streams) if streams else os.spawnv(os.P_NOWAIT, cmd[0], cmd)
-    reaped: dict[int, int] = {}
-    while runc not in reaped:
-        pid, st = os.waitpid(-1, 0)
-        reaped[pid] = st
-    code = _status(reaped.pop(runc))
-    if code != 0:
-        return code
-    try:
-        with open(pid_file) as f:
-            init = int(f.read().strip())
-    except (OSError, ValueError) as e:
-        print(f"ocibuild: runc wrote no container pid: {e}", file=sys.stderr)
-        return 125
-    while init not in reaped:
-        try:
-            pid, st = os.waitpid(-1, 0)
-        except ChildProcessError:  # cannot happen unless someone else reaped it
-            return 255
-        reaped[pid] = st
-    return _status(reaped[init])
-
-
-def _spawn_and_copy(cmd: list[str], prefix: str) -> int:
-    """Start runc with a pipe each for fds 1 and 2; copy both to the log and their files.
-
-    Returns runc's pid once both pipes are at EOF (the container and runc are gone).
-    """
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    sinks = {}
-    for r, name in ((out_r, "stdout"), (err_r, "stderr")):
-        sinks[r] = os.open(f"{prefix}.{name}", os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                           | os.O_CLOEXEC, 0o644)
-    runc = os.posix_spawn(cmd[0], cmd, os.environ, file_actions=[
-        (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)])
-    os.close(out_w)
-    os.close(err_w)
-    pending = [out_r, err_r]
-    while pending:
-        try:
-            ready, _, _ = select.select(pending, [], [])
-        except InterruptedError:
-            continue
-        for r in ready:
-            data = os.read(r, 65536)
-            if not data:
-                pending.remove(r)
-                os.close(r)
-                continue
-            _write_all(1, data)
-            _write_all(sinks[r], data)
-    for fd in sinks.values():
-        os.close(fd)
-    return runc
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client decides when builds stop
+    Reaper(control).serve()
+    return 0
 
 
 if __name__ == "__main__":

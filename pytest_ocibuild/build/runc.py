@@ -6,22 +6,25 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
-import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from pytest_ocibuild.build.reaper_client import Job, ReaperGone, shared_reaper
 from pytest_ocibuild.build.runtime import ExitStatus
 from pytest_ocibuild.errors import BundleError, RuntimeUnavailable
 
 INSTALL_HINT = "apt-get install runc"
 USERNS_LIMIT = "/proc/sys/user/max_user_namespaces"
 KILL_GRACE = 10.0  # seconds to wait for runc to exit after `runc kill`
-REAPER = str(Path(__file__).with_name("reaper.py"))  # run as a script: see reaper.py
+DELETE_WAIT = 60.0  # seconds to wait for the reaper's `runc delete`
 # The build's personality: ADDR_NO_RANDOMIZE (no ASLR, for determinism), as Nix sets it. The
-# OCI spec's linux.personality has no flags and runc 1.1.5 ignores it, so the reaper sets it
-# on itself and runc passes it on.
+# OCI spec's linux.personality has no flags and runc 1.1.5 ignores it, so the reaper helper
+# sets it on itself and runc passes it on.
 PERSONALITY = 0x0040000
 # Messages of runc's own (not the build's) failures that mean "cannot run containers here".
 _UNAVAILABLE_MARKERS = (
@@ -54,6 +57,7 @@ class RuncRuntime:
         self.binary = binary
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self._usable: str | None = None  # the runc path once a check passed
+        self._local = threading.local()  # .pending: deletions deferred (deferring_deletes)
 
     def __repr__(self) -> str:
         return f"RuncRuntime({self.binary!r}, state_dir={str(self.state_dir)!r})"
@@ -92,11 +96,12 @@ class RuncRuntime:
     ) -> ExitStatus:
         """``runc run`` the bundle; output appended to ``log``; the container is always deleted.
 
-        The container runs detached under a small reaper process (see ``reaper``), so the
-        build's stdin is /dev/null itself, not a pipe pumped by runc. Its stdout and stderr
+        The container runs detached under this process's reaper helper (see ``reaper``), so
+        the build's stdin is /dev/null itself, not a pipe pumped by runc. Its stdout and stderr
         are two pipes the reaper drains: each chunk goes to ``log`` (both streams, in the
         order read) and to ``<log>.stdout`` or ``<log>.stderr`` (appended to). The reaper
-        waits for the container's init and exits with its status.
+        reports the exit status of the container's init, then deletes the container; this
+        returns once it is deleted, or at once inside ``deferring_deletes``.
 
         A build's non-zero exit (or a command runc cannot exec: code 127) is an ExitStatus;
         runc failing to create the container raises RuntimeUnavailable (kernel/permission
@@ -113,35 +118,59 @@ class RuncRuntime:
         runc_log.unlink(missing_ok=True)
         pid_file = state / f"{container_id}.pid"
         pid_file.unlink(missing_ok=True)
-        cmd = [sys.executable, "-I", "-S", REAPER, str(pid_file), f"{PERSONALITY:x}", str(log),
-               path, "--root", str(state), "--log", str(runc_log), "--log-format", "json",
-               "run", "--detach", "--pid-file", str(pid_file), "--bundle", str(bundle),
-               container_id]
-        timed_out = False
+        root = [path, "--root", str(state)]
+        job_spec = {
+            "argv": [*root, "--log", str(runc_log), "--log-format", "json", "run", "--detach",
+                     "--pid-file", str(pid_file), "--bundle", str(bundle), container_id],
+            "pid_file": str(pid_file),
+            "state": str(state / container_id),
+            "delete": [*root, "delete", "--force", container_id],
+        }
+        job: Job | None = None
+        exited = False  # the container is gone: what is left is deleting it
         start = time.monotonic()
         try:
-            with open(log, "ab") as out, open(os.devnull, "rb") as devnull:
-                try:
-                    proc = subprocess.Popen(cmd, stdin=devnull, stdout=out, stderr=out,
-                                            start_new_session=True)
-                except OSError as e:
-                    raise RuntimeUnavailable(f"cannot execute {path}: {e.strerror}") from None
-                try:
-                    code = proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    code = self._stop(proc, container_id)
-                except BaseException:
-                    self._stop(proc, container_id)
-                    raise
+            job = self._submit(job_spec, log)
+            timed_out = False
+            try:
+                code = job.wait_exit(timeout)
+            except TimeoutError:
+                timed_out = True
+                code = self._stop(job, container_id)
+            except BaseException:
+                self._stop(job, container_id)
+                raise
+            exited = True
             duration = time.monotonic() - start
             if code != 0 and not timed_out:
                 code = self._check_runc_error(runc_log, code)
+            pending = getattr(self._local, "pending", None)
+            if pending is not None:
+                pending.append((job, container_id))
+                job = None  # deleted when the deferring block ends
             return ExitStatus(code=code, timed_out=timed_out, duration=duration)
         finally:
-            self._delete(container_id)
             runc_log.unlink(missing_ok=True)
             pid_file.unlink(missing_ok=True)
+            if job is not None:
+                self._finish(job, container_id, wait=exited)
+
+    @contextlib.contextmanager
+    def deferring_deletes(self) -> Iterator[None]:
+        """Within the block, ``run`` (in this thread) returns as soon as the container has
+        exited and its output is complete, while the reaper deletes it; leaving the block
+        (however) waits until all of them are deleted. Callers overlap their own work with
+        ``runc delete`` this way, and still never leave a container behind."""
+        outer = getattr(self._local, "pending", None)
+        pending: list[tuple[Job, str]] = []
+        self._local.pending = pending
+        try:
+            yield
+        finally:
+            self._local.pending = outer
+            with contextlib.ExitStack() as finish:  # every one, even if one is interrupted
+                for job, container_id in pending:
+                    finish.callback(self._finish, job, container_id, wait=True)
 
     def purge(self, prefix: str) -> list[str]:
         """Kill and delete every container in the state dir whose id starts with ``prefix``."""
@@ -177,18 +206,58 @@ class RuncRuntime:
             capture_output=True, stdin=subprocess.DEVNULL, timeout=60,
         )
 
-    def _stop(self, proc: subprocess.Popen[bytes], container_id: str) -> int:
-        """SIGKILL the container (retrying while runc is still creating it); reap runc."""
+    def _submit(self, job_spec: dict, log: Path) -> Job:
+        """Hand the job to this process's reaper (restarted once if it died meanwhile)."""
+        fds: list[int] = []
+        try:
+            for f in (log, f"{log}.stdout", f"{log}.stderr"):
+                fds.append(os.open(f, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                                   0o644))
+            for attempt in (1, 2):
+                try:
+                    return shared_reaper(PERSONALITY).submit(job_spec, fds)
+                except ReaperGone as e:
+                    if attempt == 2:
+                        raise RuntimeUnavailable(f"cannot run {self.binary}: {e}") from None
+            raise AssertionError("unreachable")
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _stop(self, job: Job, container_id: str) -> int:
+        """SIGKILL the container (retrying while runc is still creating it); its exit code.
+
+        Past ``KILL_GRACE`` the reaper kills runc and the container's init itself.
+        """
         deadline = time.monotonic() + KILL_GRACE
-        while proc.poll() is None and time.monotonic() < deadline:
-            self._runc("kill", container_id, "KILL")
-            try:
-                return proc.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                continue
-        if proc.poll() is None:
-            proc.kill()
-        return proc.wait()
+        try:
+            while time.monotonic() < deadline:
+                self._runc("kill", container_id, "KILL")
+                try:
+                    return job.wait_exit(0.5)
+                except TimeoutError:
+                    continue
+            job.kill()
+            return job.wait_exit(KILL_GRACE)
+        except (TimeoutError, ReaperGone):
+            job.close()  # the reaper still kills, reaps and deletes it if it can
+            return 128 + signal.SIGKILL
+
+    def _finish(self, job: Job, container_id: str, *, wait: bool) -> None:
+        """Wait (if ``wait``: the container has exited) for the reaper to delete it; delete it
+        here if the reaper could not."""
+        deleted = False
+        try:
+            if wait:
+                deleted = job.wait_deleted(DELETE_WAIT)
+            else:
+                job.kill()
+        except (TimeoutError, ReaperGone):
+            pass
+        finally:
+            job.close()
+            if not deleted:
+                self._delete(container_id)
 
     def _delete(self, container_id: str) -> None:
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +37,12 @@ class Runtime(Protocol):
         deleted before returning. Raises RuntimeUnavailable when the runtime cannot start
         containers at all (missing binary, kernel refuses namespaces).
         """
+        ...
+
+    def deferring_deletes(self) -> AbstractContextManager[None]:
+        """A block within which ``run`` (in this thread) may return before the container is
+        deleted (its process and output are complete); every container is deleted by the
+        time the block is left, however it is left."""
         ...
 
 

@@ -15,6 +15,7 @@ import fcntl
 import mmap
 import os
 import threading
+from collections.abc import Callable
 
 ALIGN = 4096  # a multiple of every logical block size O_DIRECT may require
 BUFFER = 1 << 20
@@ -59,6 +60,20 @@ class DirectWriter:
             view = view[n:]
             if self._fill == BUFFER:
                 self._flush(BUFFER)
+
+    def fill_from(self, src: int, sink: Callable[[memoryview], object]) -> int:
+        """Read once from ``src`` straight into the buffer, pass the new bytes to ``sink`` (a
+        hash update) and write them out; return how many were read (0 at EOF)."""
+        if self._buf is None:
+            self._buf, self._fill = _acquire(), 0
+        view = memoryview(self._buf)
+        n = os.readv(src, [view[self._fill :]])
+        if n:
+            sink(view[self._fill : self._fill + n])
+            self._fill += n
+            if self._fill == BUFFER or not self.direct:
+                self._flush(self._fill if not self.direct else BUFFER)
+        return n
 
     def close(self) -> None:
         """Write what is buffered (aligned part direct, tail buffered) and free the buffer."""

@@ -26,6 +26,7 @@ from pytest_ocibuild.errors import NotFound, StoreError
 
 CHUNK = 1 << 20
 SMALL = 1 << 20
+BATCH = 32
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 TreeEntry = tuple[str] | tuple[str, str] | tuple[str, str, int, bool]
@@ -35,8 +36,9 @@ def ingest_path(store: Store, path: Path | str, *, workers: int | None = None) -
     """Store the file, directory or symlink at ``path`` and return its root node.
 
     Files are read, hashed and written by ``workers`` threads (default: 4 per CPU, at most
-    16; ``1`` ingests inline) while the walk continues; at most a few files per worker are in
-    flight, so memory stays constant however large the tree.
+    16; ``1`` ingests inline) in batches of up to ``BATCH`` while the walk continues; at most
+    two batches per worker are queued and each thread holds one file at a time, so memory
+    stays constant however large the tree.
     """
     p = os.fsencode(path)
     try:
@@ -51,7 +53,7 @@ def ingest_path(store: Store, path: Path | str, *, workers: int | None = None) -
         return _Walk(store, None).run(p)
     with ThreadPoolExecutor(workers, thread_name_prefix="ingest") as pool:
         try:
-            return _Walk(store, pool, 4 * workers).run(p)
+            return _Walk(store, pool, 2 * workers).run(p)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
@@ -66,21 +68,39 @@ class _Slot:
         self.node: DirectoryNode | None = None
 
 
-_Entry = Node | Future[Node] | _Slot
+class _Batch:
+    """Regular files ingested by one pool task (amortises the per-task overhead)."""
+
+    __slots__ = ("future", "paths")
+
+    def __init__(self) -> None:
+        self.paths: list[bytes] = []
+        self.future: Future[list[Node]] | None = None
+
+    def done(self) -> bool:
+        return self.future is not None and self.future.done()
+
+    def node(self, i: int) -> Node:
+        assert self.future is not None
+        return self.future.result()[i]
+
+
+_Entry = Node | tuple[_Batch, int] | _Slot
 
 
 class _Walk:
     """Post-order walk with an explicit stack (no recursion limit on deep trees).
 
-    Regular files go to the pool; a finished listing waits in ``pending`` (FIFO, so children
-    are always stored before their parents) until its files are done.
+    Regular files go to the pool in batches; a finished listing waits in ``pending`` (FIFO,
+    so children are always stored before their parents) until its files are done.
     """
 
     def __init__(self, store: Store, pool: ThreadPoolExecutor | None, limit: int = 0) -> None:
         self.store = store
         self.pool = pool
         self.limit = limit
-        self.inflight: deque[Future[Node]] = deque()
+        self.batch = _Batch()
+        self.inflight: deque[Future[list[Node]]] = deque()
         self.pending: deque[tuple[dict[bytes, _Entry], _Slot]] = deque()
 
     def run(self, top: bytes) -> DirectoryNode:
@@ -91,6 +111,7 @@ class _Walk:
             pending, entries, slot = stack[-1]
             if not pending:
                 stack.pop()
+                self._submit()  # every file of a pending listing has a future
                 self.pending.append((entries, slot))
                 self._drain(block=False)
                 continue
@@ -106,26 +127,37 @@ class _Walk:
             elif self.pool is None or not stat.S_ISREG(mode):
                 entries[entry.name] = _ingest_leaf(self.store, entry.path, mode)
             else:
-                future = self.pool.submit(_ingest_leaf, self.store, entry.path, mode)
-                entries[entry.name] = future
-                self.inflight.append(future)
-                while len(self.inflight) > self.limit:
-                    self.inflight.popleft().result()  # backpressure; raises early
+                entries[entry.name] = (self.batch, len(self.batch.paths))
+                self.batch.paths.append(entry.path)
+                if len(self.batch.paths) >= BATCH:
+                    self._submit()
         self._drain(block=True)
         assert root.node is not None
         return root.node
+
+    def _submit(self) -> None:
+        """Hand the open batch (if any) to the pool; wait while too many are queued."""
+        batch = self.batch
+        if not batch.paths or self.pool is None:
+            return
+        batch.future = self.pool.submit(_ingest_files, self.store, batch.paths)
+        self.inflight.append(batch.future)
+        self.batch = _Batch()
+        while len(self.inflight) > self.limit:
+            self.inflight.popleft().result()  # backpressure; raises early
 
     def _drain(self, *, block: bool) -> None:
         """Store finished listings from the front of ``pending``."""
         while self.pending:
             entries, slot = self.pending[0]
-            if not block and any(isinstance(v, Future) and not v.done() for v in entries.values()):
+            if not block and any(isinstance(v, tuple) and not v[0].done()
+                                 for v in entries.values()):
                 return
             self.pending.popleft()
             nodes: dict[bytes, Node] = {}
             for name, value in entries.items():
-                if isinstance(value, Future):
-                    nodes[name] = value.result()
+                if isinstance(value, tuple):
+                    nodes[name] = value[0].node(value[1])
                 elif isinstance(value, _Slot):
                     assert value.node is not None
                     nodes[name] = value.node
@@ -157,6 +189,10 @@ def _scan(path: bytes) -> list[os.DirEntry[bytes]]:
 _buffers = threading.local()
 
 
+def _ingest_files(store: Store, paths: list[bytes]) -> list[Node]:
+    return [_ingest_leaf(store, path, stat.S_IFREG) for path in paths]
+
+
 def _ingest_leaf(store: Store, path: bytes, mode: int) -> Node:
     """The node for a non-directory ``path`` of type ``mode``, storing a file's contents."""
     if stat.S_ISLNK(mode):
@@ -177,37 +213,49 @@ def _ingest_leaf(store: Store, path: bytes, mode: int) -> Node:
         data = _read_small(fd, st.st_size) if st.st_size <= SMALL else None
         if data is not None:
             put = getattr(store, "put_bytes", None)
-            digest = put(data) if put else put_blob(store, data)
+            digest = put(data) if put else put_blob(store, bytes(data))
             size = len(data)
         else:
             os.lseek(fd, 0, os.SEEK_SET)
             digest, size = _stream(store, fd)
     except OSError as e:
-        raise StoreError(f"{os.fsdecode(path)}: cannot read: {e.strerror}") from e
+        raise StoreError(f"{os.fsdecode(path)}: cannot ingest: {e.strerror}") from e
     finally:
         os.close(fd)
     return FileNode(digest, size, bool(st.st_mode & stat.S_IXUSR))
 
 
-def _read_small(fd: int, size: int) -> bytes | None:
-    """The whole file if it (still) has at most ``SMALL`` bytes, else None: stream it."""
-    data = os.read(fd, size + 1)
-    while len(data) <= SMALL and (more := os.read(fd, SMALL + 1 - len(data))):
-        data += more
-    return data if len(data) <= SMALL else None
+def _buffer() -> bytearray:
+    """This thread's reusable read buffer (reused memory: no page faults per file)."""
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = bytearray(SMALL + 1)
+    return buf
+
+
+def _read_small(fd: int, size: int) -> memoryview | None:
+    """The whole file (a view of this thread's buffer, valid until the next call) if it
+    has at most ``SMALL`` bytes, else None: stream it. ``size`` is what fstat said."""
+    buf = _buffer()
+    view = memoryview(buf)
+    n = os.readv(fd, [view[: size + 1]])
+    if n != size:  # changed since the fstat, or a short read: read on to EOF
+        while n <= SMALL and (more := os.readv(fd, [view[n:]])):
+            n += more
+    return view[:n] if n <= SMALL else None
 
 
 def _stream(store: Store, fd: int) -> tuple[Digest, int]:
     """Copy a large file into the store in ``CHUNK`` pieces; return (digest, size)."""
-    buf = getattr(_buffers, "buf", None)
-    if buf is None:
-        buf = _buffers.buf = bytearray(CHUNK)  # one per thread, reused
-    view = memoryview(buf)
-    size = 0
     with store.blob_writer() as w:
-        while n := os.readv(fd, [buf]):
-            w.write(view[:n])
-            size += n
+        write_from = getattr(w, "write_from", None)
+        if write_from is not None:
+            size = write_from(fd)
+        else:
+            view, size = memoryview(_buffer())[:CHUNK], 0
+            while n := os.readv(fd, [view]):
+                w.write(view[:n])
+                size += n
         return w.commit(), size
 
 

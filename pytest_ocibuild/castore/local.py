@@ -82,14 +82,17 @@ class LocalStore:
         self._tmp = os.path.join(base, "tmp")
         self._made: set[str] = set()
         self._direct = True  # until the filesystem refuses O_DIRECT
-        if os.path.isdir(self._tmp):
+        subs = (self._blobs, self._dirs, self._tmp)
+        if all(os.path.isdir(sub) for sub in subs):
             return
-        # a new store: idempotent and tolerant of concurrent creators (exist_ok at every level)
+        # idempotent and tolerant of concurrent creators (exist_ok at every level)
         self.root.mkdir(parents=True, exist_ok=True)
-        mark_topdir(base)
-        for sub in (self._blobs, self._dirs, self._tmp):
-            os.makedirs(sub, exist_ok=True)
-        mark_topdir(self._blobs)
+        mark_topdir(base)  # before its subdirectories exist (see spread.py)
+        for sub in subs:
+            if not os.path.isdir(sub):
+                os.makedirs(sub, exist_ok=True)
+                if sub == self._blobs:
+                    mark_topdir(sub)
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -311,6 +314,23 @@ class _LocalWriter:
         except OSError as e:
             self.abort()
             raise StoreError(f"{self._path}: cannot write blob: {e.strerror}") from e
+
+    def write_from(self, fd: int) -> int:
+        """Append everything left in the file ``fd`` (read straight into the staging file's
+        aligned buffer: one copy); return the number of bytes. OSErrors abort the writer."""
+        if self._done:
+            raise ValueError("blob writer already finished")
+        total = 0
+        try:
+            self._spill()
+            assert self._out is not None
+            while n := self._out.fill_from(fd, self._hash.update):
+                total += n
+        except BaseException:
+            self.abort()
+            raise
+        self._size += total
+        return total
 
     def _spill(self) -> None:
         """Create the staging file (once) and flush the in-memory head to it."""

@@ -10,6 +10,7 @@ With ``--json`` stdout is one object ``{"drvPath", "outputs": {name: {"path", "n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -30,7 +31,8 @@ def add_nix_build(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     p.add_argument("--argstr", nargs=2, action="append", default=[], metavar=("NAME", "STR"))
     p.add_argument("--export", type=Path, help="materialise the outputs under this directory")
     p.add_argument("--cores", type=int, help="NIX_BUILD_CORES (default: Nix's cores setting)")
-    p.add_argument("--jobs", "-j", type=int, help="derivations built at once")
+    p.add_argument("--jobs", "-j", type=int, help="derivations built at once (default: twice "
+                   "the CPUs, since a small build spends much of its time waiting on runc)")
     executor_args(p)
     p.set_defaults(handler=cmd_nix_build)
 
@@ -60,6 +62,13 @@ def default_store_dir() -> Path:
         return Path(env)
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "ocibuild" / "store"
+
+
+def default_jobs() -> int:
+    """Derivations built at once unless ``--jobs`` says: twice the CPUs. One small build keeps
+    less than a CPU busy (the container's set-up and teardown are a chain of processes that
+    wait on one another), so with only as many as CPUs the machine idles between steps."""
+    return 2 * (os.cpu_count() or 1)
 
 
 def resolve_target(args: argparse.Namespace, state: Path) -> tuple[Callable[[], str], Path | str]:
@@ -116,8 +125,11 @@ def cmd_nix_build(args: argparse.Namespace) -> int:
         raise
     try:
         drv_path = wait_drv()
-    finally:
-        join()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            join()  # the evaluation error is the one to report
+        raise
+    join()
     return _build(args, executor, settings, state, store_root, drv_path)
 
 
@@ -130,8 +142,8 @@ def _prepare(args: argparse.Namespace, store_dir: Path) -> tuple[Any, Any, Calla
 
     executor = open_executor(store=store_dir, runtime=args.runtime, inputs=args.inputs,
                              keep_bundles=args.keep_bundle, timeout=args.timeout,
-                             max_parallel=args.jobs, cache=not getattr(args, "no_cache", False),
-                             purge=False)
+                             max_parallel=args.jobs or default_jobs(),
+                             cache=not getattr(args, "no_cache", False), purge=False)
 
     def start_up() -> None:
         executor.purge()
@@ -145,7 +157,8 @@ def _prepare(args: argparse.Namespace, store_dir: Path) -> tuple[Any, Any, Calla
         if args.cores is not None:
             settings = dataclasses.replace(settings, cores=args.cores)  # type: ignore[type-var]
     except BaseException:
-        join()
+        with contextlib.suppress(Exception):
+            join()
         raise
     return executor, settings, join
 

@@ -208,3 +208,29 @@ def test_unmapped_build_user_refused(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="does not map container id 1000"):
         make_bundle(r, spec, tmp_path / "b")
     assert not (tmp_path / "b" / "config.json").exists()
+
+
+def test_shared_dev_is_made_once_and_linked(tmp_path: Path) -> None:
+    """With ``shared_dir``, ``dev/`` links to one shared copy holding what a private one
+    holds; a request with other mounts below /dev gets a copy of its own."""
+    r = req()
+    spec = make_spec(r, id_maps=CANON)
+    private = make_bundle(r, spec, tmp_path / "private").bundle_dir / "dev"
+    shared = tmp_path / "shared"
+    a = make_bundle(r, spec, tmp_path / "a", shared_dir=shared).bundle_dir / "dev"
+    b = make_bundle(r, spec, tmp_path / "b", shared_dir=shared).bundle_dir / "dev"
+    assert a.is_symlink() and os.readlink(a) == os.readlink(b)
+    target = Path(os.readlink(a))
+    assert target.is_absolute() and target.parent == shared.absolute()
+    assert os.listdir(shared) == [target.name]  # made once, nothing half-made left
+    for name in sorted(os.listdir(private)):
+        p, s = os.lstat(private / name), os.lstat(target / name)
+        assert (stat.S_IFMT(s.st_mode), stat.S_IMODE(s.st_mode)) == (
+            stat.S_IFMT(p.st_mode), stat.S_IMODE(p.st_mode)), name
+        if stat.S_ISLNK(p.st_mode):
+            assert os.readlink(target / name) == os.readlink(private / name)
+    assert sorted(os.listdir(target)) == sorted(os.listdir(private))
+    kvm = req(constraints=Constraints(available_ro_paths=("/dev/full",)))
+    other = make_bundle(kvm, make_spec(kvm, id_maps=CANON), tmp_path / "c",
+                        shared_dir=shared).bundle_dir / "dev"
+    assert os.readlink(other) != os.readlink(a) and len(os.listdir(shared)) == 2

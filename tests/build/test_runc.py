@@ -327,3 +327,98 @@ def test_sandbox_as_nix_shows_it(run_bundle: Runner) -> None:
         "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero ",
         "/dev/pts/ptmx", "no-sys", "750 100", "700 100", "1777 0", "null-ok"]
 
+
+
+def test_concurrent_runs_share_one_reaper(runtime: RuncRuntime, run_bundle: Runner,
+                                          tmp_path: Path) -> None:
+    """Threads run containers at once through this process's one reaper; each gets its own
+    exit code and output, and every container and its cgroups are gone afterwards."""
+    assert run_bundle(sh("echo warm")).status.code == 0
+    results: dict[int, Any] = {}
+
+    def one(i: int) -> None:
+        log = tmp_path / f"log{i}"
+        log.write_bytes(b"")
+        r = sh(f"echo out-{i}; echo err-{i} >&2; sleep 0.{i}; exit {i}")
+        layout = make_bundle(r, make_spec(r, id_maps=IdMaps.detect()), tmp_path / f"b{i}")
+        shutil.copy2(BUSYBOX, layout.inputs_dir / "busybox")
+        cid = container_id(f"c{i}")
+        status = runtime.run(layout.bundle_dir, cid, log=log, timeout=60)
+        results[i] = (status.code, log.read_text(), Path(f"{log}.stdout").read_text(),
+                      Path(f"{log}.stderr").read_text(), cid)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i in range(1, 5):
+        code, log, out, err, cid = results[i]
+        assert (code, out, err) == (i, f"out-{i}\n", f"err-{i}\n")
+        assert sorted(log.splitlines()) == [f"err-{i}", f"out-{i}"]
+        assert not (runtime.state_dir / cid).exists()
+        assert not list(Path("/sys/fs/cgroup").glob(f"*/{cid}"))
+    assert runtime.list() == []
+
+
+def test_reaper_restarts_after_dying(runtime: RuncRuntime, run_bundle: Runner) -> None:
+    from pytest_ocibuild.build.reaper_client import shared_reaper
+    from pytest_ocibuild.build.runc import PERSONALITY
+
+    assert run_bundle(sh("true")).status.code == 0
+    helper = shared_reaper(PERSONALITY).proc
+    helper.kill()
+    helper.wait()
+    ran = run_bundle(sh("cat /proc/self/personality > /build/out; exit 4"))
+    assert ran.status.code == 4
+    assert ran.layout.output_host_path("build/out").read_text() == "00040000\n"
+    assert shared_reaper(PERSONALITY).proc.pid != helper.pid
+
+
+def test_deferring_deletes(runtime: RuncRuntime, run_bundle: Runner) -> None:
+    """Inside the block ``run`` may return before the container is deleted; after it, every
+    container is gone, also when the block is left by an exception."""
+    with pytest.raises(RuntimeError, match="left early"), runtime.deferring_deletes():
+        for _ in range(3):
+            assert run_bundle(sh("echo hi")).status.code == 0
+        raise RuntimeError("left early")
+    assert runtime.list() == []
+    with runtime.deferring_deletes():
+        ran = run_bundle(sh("sleep 1"), timeout=0.2)
+        assert ran.status.timed_out
+    assert runtime.list() == []
+
+
+def test_reaper_survives_its_client_and_deletes_its_job(tmp_path: Path) -> None:
+    """A client killed mid-build leaves its container running (for ``purge``, as before);
+    its reaper deletes the container once it ends, then exits."""
+    import subprocess
+    import sys
+
+    r = sh("sleep 2; echo done > /build/out")
+    layout = make_bundle(r, make_spec(r, id_maps=IdMaps.detect()), tmp_path / "b")
+    shutil.copy2(BUSYBOX, layout.inputs_dir / "busybox")
+    rt = RuncRuntime("runc", state_dir=tmp_path / "state")
+    cid = container_id("orphan")
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; "
+        "from pytest_ocibuild.build.runc import RuncRuntime; "
+        f"RuncRuntime('runc', state_dir=Path({str(rt.state_dir)!r})).run("
+        f"Path({str(layout.bundle_dir)!r}), {cid!r}, log=Path({str(tmp_path / 'log')!r}), "
+        "timeout=60)")])
+    try:
+        deadline = time.monotonic() + 20
+        while rt.list() != [cid] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rt.list() == [cid]
+        child.kill()
+        child.wait()
+        time.sleep(0.2)
+        assert rt.list() == [cid]  # still running: nothing killed it
+        deadline = time.monotonic() + 20
+        while rt.list() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rt.list() == []
+        assert layout.output_host_path("build/out").read_text() == "done\n"
+    finally:
+        rt.purge("")

@@ -159,8 +159,13 @@ def test_mark_topdir(tmp_path: Path) -> None:
         assert flags & 0x00020000
 
 
-def test_new_store_layout_is_complete(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "new" / "store")
+@pytest.mark.parametrize("first", [None, "tmp", "blobs"])
+def test_new_store_layout_is_complete(tmp_path: Path, first: str | None) -> None:
+    root = tmp_path / "new" / "store"
+    if first:  # e.g. the result store made the shared tmp/ first
+        (root / first).mkdir(parents=True)
+    store = LocalStore(root)
     for sub in ("blobs", "directories", "tmp"):
-        assert (tmp_path / "new" / "store" / sub).is_dir()
+        assert (root / sub).is_dir()
     assert store.put_directory(Directory({})) == EMPTY
+    assert put_blob(store, b"x" * 100_000) == Digest.of(b"x" * 100_000)

@@ -1,0 +1,163 @@
+"""The client side of ``reaper``: one helper process per client process, shared by threads.
+
+``shared_reaper(personality)`` starts the helper on first use (and again after a fork or if it
+died) and ``Reaper.submit`` hands it a job. Each job has a socket of its own, so any number of
+threads may wait on their builds at once. The helper lives until this process exits or dies (it
+sees EOF on its control socket) and it has no job left: a job still running then (only if
+this process was killed mid-build: ``run`` always waits for its job) runs to its end and is
+deleted, unless a ``purge`` kills it first.
+"""
+
+from __future__ import annotations
+
+import array
+import atexit
+import contextlib
+import json
+import math
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+REAPER = str(Path(__file__).with_name("reaper.py"))  # run as a script: see reaper.py
+SHUTDOWN_WAIT = 5.0  # seconds to wait at exit for the helper to finish (it has no job then)
+
+
+class ReaperGone(Exception):
+    """The helper process died or could not be started."""
+
+
+class Job:
+    """A submitted job: ``wait_exit``, then ``wait_deleted``; ``kill`` it; ``close`` to abandon it.
+
+    Each ``wait_*`` raises TimeoutError after ``timeout`` seconds (the job goes on; wait
+    again) and ReaperGone if the helper died.
+    """
+
+    def __init__(self, chan: socket.socket) -> None:
+        self._chan = chan
+
+    def wait_exit(self, timeout: float | None) -> int:
+        """The container's exit code (see reaper), once its output is complete."""
+        return int(self._receive("code", timeout))
+
+    def wait_deleted(self, timeout: float | None) -> bool:
+        """Whether ``runc delete`` succeeded; the job is over (and closed) then."""
+        try:
+            return bool(self._receive("deleted", timeout))
+        finally:
+            self.close()
+
+    def _receive(self, key: str, timeout: float | None) -> object:
+        if self._chan.fileno() < 0:
+            raise ReaperGone("the job was abandoned")
+        poller = select.poll()  # not select(): fds may be above FD_SETSIZE
+        poller.register(self._chan, select.POLLIN)
+        if not poller.poll(None if timeout is None else math.ceil(timeout * 1000)):
+            raise TimeoutError
+        try:
+            data = self._chan.recv(4096)
+        except OSError as e:
+            raise ReaperGone(f"the reaper process failed: {e}") from None
+        if not data:
+            raise ReaperGone("the reaper process died")
+        answer = json.loads(data)
+        if key not in answer:
+            raise ReaperGone(f"the reaper answered {answer!r}, not {key!r}")
+        return answer[key]
+
+    def kill(self) -> None:
+        """Ask the helper to SIGKILL runc and the container's init."""
+        with contextlib.suppress(OSError):
+            self._chan.send(b"kill")
+
+    def close(self) -> None:
+        """Stop listening: the helper still reaps and deletes the job (``kill`` it first)."""
+        self._chan.close()
+
+
+class Reaper:
+    """A running helper process and its control socket."""
+
+    def __init__(self, personality: int) -> None:
+        self.personality = personality
+        self.pid = os.getpid()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", REAPER, str(theirs.fileno()), f"{personality:x}"],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as e:
+            ours.close()
+            raise ReaperGone(f"cannot start the reaper process: {e}") from None
+        finally:
+            theirs.close()
+        self.control = ours
+        self._send_lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.pid == os.getpid() and self.proc.poll() is None
+
+    def submit(self, job: dict, fds: list[int]) -> Job:
+        """Send ``job`` (see reaper) with the log, stdout and stderr fds; returns its Job."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            with self._send_lock:
+                self.control.sendmsg([json.dumps(job).encode()], [(
+                    socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                    array.array("i", [theirs.fileno(), *fds]).tobytes())])
+        except OSError as e:
+            ours.close()
+            raise ReaperGone(f"the reaper process is gone: {e}") from None
+        finally:
+            theirs.close()
+        return Job(ours)
+
+    def shutdown(self, wait: float = SHUTDOWN_WAIT) -> None:
+        """Close the control socket; wait up to ``wait`` seconds for the helper to exit (one
+        with a job left goes on until that job ends)."""
+        self.control.close()
+        if self.pid == os.getpid():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(wait)
+
+
+_lock = threading.Lock()
+_reapers: dict[int, Reaper] = {}
+
+
+def shared_reaper(personality: int) -> Reaper:
+    """This process's helper for ``personality``, started if needed."""
+    with _lock:
+        reaper = _reapers.get(personality)
+        if reaper is None or not reaper.alive():
+            if reaper is not None and reaper.pid == os.getpid():
+                reaper.shutdown(wait=0)
+            reaper = _reapers[personality] = Reaper(personality)
+        return reaper
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: drop (and close) the parent's control sockets."""
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    for reaper in _reapers.values():
+        reaper.control.close()
+    _reapers.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    with _lock:
+        for reaper in _reapers.values():
+            if reaper.pid == os.getpid():
+                reaper.shutdown()
+        _reapers.clear()
