@@ -107,7 +107,13 @@ class NixBuilder:
         self._lock = threading.Lock()
 
     def build(self, drv_path: str) -> Outputs:
-        """Build ``drv_path`` and everything it needs; its outputs by name."""
+        """Build ``drv_path`` and everything it needs; its outputs by name.
+
+        A derivation with recorded outputs is not even read again (nor is its closure).
+        """
+        recorded = self.results.get(drv_path)
+        if recorded is not None:
+            return recorded
         graph = DrvGraph(drv_path, self.store_root)
         built: dict[str, Outputs] = {}
         for p in graph.order:
