@@ -81,8 +81,8 @@ def build_tree(root: Path, size_mb: int, seed: int = 1) -> tuple[int, int]:
     return files, total
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """Run ``cmd``; return (wall seconds, peak RSS bytes, stdout)."""
+def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, float, str]:
+    """Run ``cmd``; return (wall seconds, peak RSS bytes, CPU seconds, stdout)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert proc.stdout is not None and proc.stderr is not None
@@ -92,7 +92,8 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, 
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         sys.exit(f"{cmd[0]} failed ({proc.returncode}): {err.decode(errors='replace')}")
-    return wall, usage.ru_maxrss * 1024, out.decode().strip()
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, usage.ru_maxrss * 1024, cpu, out.decode().strip()
 
 
 def main() -> None:
@@ -123,7 +124,7 @@ def main() -> None:
             commands["nix"] = lambda d: [nix, "--store", f"local?root={d}", "--add", str(tree)]
         labels = list(commands)
         # "-warm": the same tree again into the store filled by the first cold run
-        runs: dict[str, list[tuple[float, int, str]]] = {
+        runs: dict[str, list[tuple[float, int, float, str]]] = {
             k: [] for k in labels + [f"{x}-warm" for x in labels if x != "ours-fsync"]
         }
         for r in range(args.repeat):
@@ -136,12 +137,12 @@ def main() -> None:
                 if f"{label}-warm" in runs:
                     runs[f"{label}-warm"].append(run(commands[label](work / f"{label}-0"), env))
         results = {k: min(v) for k, v in runs.items()}  # best wall time of the repeats
-        for label, (wall, _, out) in results.items():
+        for label, (wall, _, cpu, out) in results.items():
             rate = total / 2**20 / wall
             mib = max(r[1] for r in runs[label]) / 2**20
             walls = " ".join(f"{r[0]:.2f}" for r in runs[label])
-            print(f"{label:13s} best {wall:6.2f}s {rate:5.0f} MiB/s  peak RSS {mib:5.1f} MiB"
-                  f"  runs [{walls}]  {out[:24]}")
+            print(f"{label:13s} best {wall:6.2f}s {rate:5.0f} MiB/s  cpu {cpu:5.2f}s  peak RSS"
+                  f" {mib:5.1f} MiB  runs [{walls}]  {out[:24]}")
         if "nix" in results:
             ratio = results["nix"][0] / results["ours"][0]
             verdict = "ok" if ratio >= 2 else "below target"

@@ -81,6 +81,7 @@ class BundleLayout:
 
     bundle_dir: Path
     request: BuildRequest = field(repr=False)
+    rootfs: Path | None = None  # the root filesystem when it is not the bundle's own root/
 
     @property
     def config_path(self) -> Path:
@@ -93,7 +94,7 @@ class BundleLayout:
 
     @property
     def root_dir(self) -> Path:
-        return self.bundle_dir / "root"
+        return self.rootfs if self.rootfs is not None else self.bundle_dir / "root"
 
     @property
     def scratch_dirs(self) -> dict[str, Path]:
@@ -124,6 +125,7 @@ def make_bundle(
     *,
     cache_dirs: Mapping[str, Path] | None = None,
     shared_dir: Path | None = None,
+    rootfs: Path | None = None,
 ) -> BundleLayout:
     """Write ``spec`` and the directory skeleton for ``request`` into ``bundle_dir``.
 
@@ -131,10 +133,14 @@ def make_bundle(
     clone) that ``caches/<name>`` links to. ``shared_dir``: where bundles keep what they can
     share; ``dev/`` (bound read-only at /dev, the same for every build with the same device
     mounts) is then a symlink to ``<shared_dir>/dev-<key>``, made once (None: every bundle
-    gets its own). ``bundle_dir`` may exist but must not hold a bundle already. Raises
-    BundleError.
+    gets its own). ``rootfs``: a directory that ``root_skeleton(request, spec).make`` made
+    (and nothing has changed but the contents of its ``tmp/``), used as the root filesystem
+    instead of a new ``root/`` (the bundle's config.json names it in ``root.path``). It must
+    be the only container's root at a time: the build may write to its ``/tmp``.
+    ``bundle_dir`` may exist but must not hold a bundle already. Raises BundleError.
     """
-    layout = BundleLayout(Path(bundle_dir), request)
+    layout = BundleLayout(Path(bundle_dir), request,
+                          None if rootfs is None else Path(rootfs).absolute())
     missing = {c.name for c in request.caches} - set(cache_dirs or {})
     if missing:
         raise BundleError(f"no directory given for cache(s) {', '.join(sorted(missing))}")
@@ -143,6 +149,55 @@ def make_bundle(
     except OSError as e:
         raise BundleError(f"cannot create bundle in {bundle_dir}: {e}") from e
     return layout
+
+
+@dataclass(frozen=True, slots=True)
+class RootSkeleton:
+    """What ``make_bundle`` puts into ``root/`` (``/``) for a request: the directory (0750,
+    container root and group 100), ``tmp/`` (1777), the /etc files and the mount points that
+    lie on ``/`` itself. Requests with equal skeletons (``key``) can share one root, one build
+    at a time (``make_bundle(rootfs=...)``) if the build cannot have changed anything in it but
+    ``tmp/``'s contents: not when a mount point lies in ``tmp/`` (``reusable``)."""
+
+    owner: tuple[int, int]
+    etc: tuple[tuple[str, str], ...]
+    points: tuple[tuple[str, bool, int | None], ...]  # (path in root, is a file, tmpfs mode)
+
+    @property
+    def key(self) -> str:
+        return blake3.blake3(json.dumps([self.owner, self.etc, self.points]).encode()
+                             ).hexdigest()[:32]
+
+    @property
+    def reusable(self) -> bool:
+        return not any(rel == "tmp" or rel.startswith("tmp/") for rel, _, _ in self.points)
+
+    def make(self, root: Path) -> None:
+        """Create the skeleton at ``root`` (which must not exist)."""
+        root.mkdir()
+        _chown_or_keep(root, self.owner, 0o750)
+        (root / "tmp").mkdir()
+        os.chmod(root / "tmp", 0o1777)
+        etc = root / "etc"
+        etc.mkdir()
+        for name, text in self.etc:
+            (etc / name).write_text(text)
+        for rel, is_file, mode in self.points:
+            point = _ensure(root, rel, is_file)
+            if mode is not None:
+                os.chmod(point, mode)
+
+
+def root_skeleton(request: BuildRequest, spec: dict[str, Any]) -> RootSkeleton:
+    """The skeleton of ``root/`` for ``request`` run with ``spec`` (see RootSkeleton)."""
+    layout = BundleLayout(Path("."), request)
+    etc = [("passwd", ETC_PASSWD), ("group", ETC_GROUP), ("hosts", ETC_HOSTS)]
+    if request.constraints.network_access:  # as Nix writes it for fixed-output builds
+        etc.append(("nsswitch.conf", ETC_NSSWITCH))
+    points = tuple((rel, is_file, mode) for where, _, rel, is_file, mode
+                   in _mount_points(layout, spec.get("mounts", [])) if where == "root")
+    return RootSkeleton(owner=(_host_id(spec, "uidMappings", 0), build_owner(spec)[1]),
+                        etc=tuple(etc), points=points)
 
 
 def build_owner(spec: dict[str, Any]) -> tuple[int, int]:
@@ -161,16 +216,12 @@ def _make(
     owner = build_owner(spec)
     root_owner = (_host_id(spec, "uidMappings", 0), owner[1])
     layout.inputs_dir.mkdir()
-    layout.root_dir.mkdir()
-    _chown_or_keep(layout.root_dir, root_owner, 0o750)
-    (layout.root_dir / "tmp").mkdir()
-    os.chmod(layout.root_dir / "tmp", 0o1777)
-    etc = layout.root_dir / "etc"
-    etc.mkdir()
-    for name, text in (("passwd", ETC_PASSWD), ("group", ETC_GROUP), ("hosts", ETC_HOSTS)):
-        (etc / name).write_text(text)
-    if request.constraints.network_access:  # as Nix writes it for fixed-output builds
-        (etc / "nsswitch.conf").write_text(ETC_NSSWITCH)
+    mounts = spec.get("mounts", [])
+    points = _mount_points(layout, mounts)
+    if layout.rootfs is None:
+        root_skeleton(request, spec).make(layout.root_dir)
+    else:
+        spec = {**spec, "root": {**spec.get("root", {}), "path": str(layout.rootfs)}}
     (layout.bundle_dir / "scratch").mkdir()
     for p in request.scratch_paths:
         d = layout.scratch_dir(p)
@@ -180,16 +231,13 @@ def _make(
         else:
             _chown(d, owner, 0o700 if p == request.working_dir else 0o755)
     _make_working_dir(layout, owner)
-    mounts = spec.get("mounts", [])
-    dev: Path | None = None
     if any(m.get("source") == DEV_SOURCE for m in mounts):
         dev = layout.bundle_dir / DEV_SOURCE
         if shared_dir is None:
-            _make_dev(dev)
+            _make_dev(dev, points)
         else:
-            os.symlink(_shared_dev(layout, mounts, Path(shared_dir)), dev)
-            dev = None  # complete already: no mount points to make in it
-    _make_mount_points(layout, mounts, root=layout.root_dir, dev=dev)
+            os.symlink(_shared_dev(dev.name, points, Path(shared_dir)), dev)
+    _make_points(points, "scratch")
     _symlink_inputs(layout, mounts)
     for f in request.additional_files:
         _write_additional(layout, f.path, f.contents, owner)
@@ -202,28 +250,27 @@ def _make(
     layout.config_path.write_text(json.dumps(spec) + "\n")  # C encoder: no indent
 
 
-def _make_dev(dev: Path) -> None:
-    """``dev`` with Nix's symlinks (mount points are made by ``_make_mount_points``)."""
+def _make_dev(dev: Path, points: list[MountPoint]) -> None:
+    """``dev``: Nix's symlinks and the mount points below /dev."""
     dev.mkdir()
     for name, target in DEV_SYMLINKS:
         os.symlink(target, dev / name)
+    _make_points(points, "dev", dev)
 
 
-def _shared_dev(layout: BundleLayout, mounts: list[dict[str, Any]], shared_dir: Path) -> Path:
-    """``<shared_dir>/dev-<key>``, made unless it exists (in a directory of its own, renamed
-    into place: concurrent makers never see a half-made one); ``key`` digests its contents."""
-    below = [(m["destination"], m.get("type"), m.get("options", []),
-              _is_file_source(layout, m)) for m in mounts
-             if is_path_prefix("/dev", m["destination"]) and m["destination"] != "/dev"]
+def _shared_dev(name: str, points: list[MountPoint], shared_dir: Path) -> Path:
+    """``<shared_dir>/<name>-<key>``, made unless it exists (in a directory of its own,
+    renamed into place: concurrent makers never see a half-made one); ``key`` digests its
+    contents."""
+    below = [(rel, is_file, mode) for where, _, rel, is_file, mode in points if where == "dev"]
     key = blake3.blake3(json.dumps([DEV_SYMLINKS, below]).encode()).hexdigest()[:32]
-    final = shared_dir.absolute() / f"dev-{key}"
+    final = shared_dir.absolute() / f"{name}-{key}"
     if final.is_dir():
         return final
     shared_dir.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        _make_dev(tmp)
-        _make_mount_points(layout, mounts, root=None, dev=tmp)
+        _make_dev(tmp, points)
         os.rename(tmp, final)
     except OSError:
         if not final.is_dir():
@@ -296,29 +343,44 @@ def _write_additional(
     _chown(target, owner, 0o644)
 
 
-def _make_mount_points(
-    layout: BundleLayout, mounts: list[dict[str, Any]], *, root: Path | None, dev: Path | None
-) -> None:
-    """Create each mount's destination in whatever lies below it: ``root`` (``/``), ``dev``
-    (the /dev mount) or a scratch dir; nothing where that is None.
+# A mount point to make: (on what: "root", "dev" or "scratch"; the scratch directory or None;
+# path below it; is a file; mode for a tmpfs mounted there or None)
+MountPoint = tuple[str, "Path | None", str, bool, "int | None"]
+
+
+def _mount_points(layout: BundleLayout, mounts: list[dict[str, Any]]) -> list[MountPoint]:
+    """Each mount's destination, in whatever lies below it: ``/`` (root/), the /dev mount
+    (dev/) or a scratch dir.
 
     Mount points on top of other mounts without a host directory (tmpfs, host binds) are
     left to runc.
     """
-    backing: list[tuple[str, Path | None]] = [("/", root)]
+    backing: list[tuple[str, str | None, Path | None]] = [("/", "root", None)]
     scratch_by_dest = {"/" + p: layout.scratch_dir(p) for p in layout.request.scratch_paths}
+    points: list[MountPoint] = []
     for m in mounts:
         dest = m["destination"]
         under = [b for b in backing if b[0] == "/" or is_path_prefix(b[0], dest)][-1]
-        base = under[1]
         is_file = _is_file_source(layout, m)
-        if base is not None and dest != under[0]:
-            point = _ensure(base, dest[len(under[0]) :].lstrip("/"), is_file)
-            if m.get("type") == "tmpfs":
-                _apply_tmpfs_mode(point, m.get("options", []))
+        if under[1] is not None and dest != under[0]:
+            points.append((under[1], under[2], dest[len(under[0]) :].lstrip("/"), is_file,
+                           _tmpfs_mode(m)))
         src = m.get("source", "")
-        backing.append((dest, scratch_by_dest.get(dest) if src.startswith("scratch/") and
-                        root is not None else dev if src == DEV_SOURCE else None))
+        if src.startswith("scratch/") and dest in scratch_by_dest:
+            backing.append((dest, "scratch", scratch_by_dest[dest]))
+        else:
+            backing.append((dest, "dev" if src == DEV_SOURCE else None, None))
+    return points
+
+
+def _make_points(points: list[MountPoint], where: str, base: Path | None = None) -> None:
+    """Create the mount points on ``where`` (below ``base``, or their scratch directory)."""
+    for on, scratch, rel, is_file, mode in points:
+        if on != where:
+            continue
+        point = _ensure(base if base is not None else scratch, rel, is_file)  # type: ignore[arg-type]
+        if mode is not None:
+            os.chmod(point, mode)
 
 
 def _symlink_inputs(layout: BundleLayout, mounts: list[dict[str, Any]]) -> None:
@@ -355,11 +417,15 @@ def _is_file_source(layout: BundleLayout, mount: dict[str, Any]) -> bool:
     return False
 
 
-def _apply_tmpfs_mode(point: Path, options: list[str]) -> None:
-    """runc gives a tmpfs the mode of its mount point, overriding ``mode=``: set it there."""
-    for opt in options:
+def _tmpfs_mode(mount: dict[str, Any]) -> int | None:
+    """runc gives a tmpfs the mode of its mount point, overriding ``mode=``: the mode to set
+    there (None: not a tmpfs, or no mode)."""
+    if mount.get("type") != "tmpfs":
+        return None
+    for opt in mount.get("options", []):
         if opt.startswith("mode="):
-            os.chmod(point, int(opt[len("mode=") :], 8))
+            return int(opt[len("mode=") :], 8)
+    return None
 
 
 def _ensure(base: Path, rel: str, is_file: bool) -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_ocibuild.build.atomic import file_lock, remove_tree
-from pytest_ocibuild.build.bundle import build_owner, make_bundle
+from pytest_ocibuild.build.bundle import build_owner, make_bundle, root_skeleton
 from pytest_ocibuild.build.caches import CacheStore
 from pytest_ocibuild.build.ids import IdMaps
 from pytest_ocibuild.build.inputs import InputProvider, open_input_provider
@@ -40,6 +40,7 @@ from pytest_ocibuild.build.results import (
     check_outputs_present,
     result_key,
 )
+from pytest_ocibuild.build.root_pool import RootPool, purge_dead
 from pytest_ocibuild.build.runtime import Runtime, open_runtime
 from pytest_ocibuild.build.slots import Slots
 from pytest_ocibuild.build.spec import host_network_files, make_spec
@@ -109,6 +110,7 @@ class Executor:
         self.stats = CacheStats()
         self._id_maps = id_maps
         self._slots = Slots(self.bundle_root / "slots", self.max_parallel)
+        self._roots = RootPool(self.bundle_root / SHARED_DIR)
         self._lock = threading.Lock()
 
     @property
@@ -127,8 +129,11 @@ class Executor:
         """Remove what crashed runs left (their containers, mounts, bundles, staging, locks)."""
         from pytest_ocibuild.build.lifecycle import purge
 
-        return purge(store_root=self.results.root if self.results else None,
-                     bundle_root=self.bundle_root, runtime=self.runtime)
+        report = purge(store_root=self.results.root if self.results else None,
+                       bundle_root=self.bundle_root, runtime=self.runtime)
+        # root pools of dead processes: their containers are gone now
+        report.bundles += purge_dead(self.bundle_root / SHARED_DIR)
+        return report
 
     def build(
         self,
@@ -237,15 +242,19 @@ class Executor:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         for path in (log_path, *(Path(f"{log_path}.{s}") for s in STREAMS)):
             path.write_bytes(b"")  # the runtime appends: both streams, and each alone
+        skeleton = root_skeleton(request, spec)
         with self._slots.acquire(), contextlib.ExitStack() as stack:
             # runc deletes the container while we ingest the outputs and remove the bundle
             stack.enter_context(self.runtime.deferring_deletes())
+            # a root of an earlier build (kept bundles get their own)
+            rootfs = stack.enter_context(self._roots.use(skeleton)) \
+                if skeleton.reusable and not self.keep_bundles else None
             clones = {c.name: stack.enter_context(self.caches.use(  # type: ignore[union-attr]
                 c.name, owner=build_owner(spec))) for c in request.caches}
             try:
                 layout = make_bundle(request, spec, bundle_dir,
                                      cache_dirs={n: c.path for n, c in clones.items()},
-                                     shared_dir=self.bundle_root / SHARED_DIR)
+                                     shared_dir=self.bundle_root / SHARED_DIR, rootfs=rootfs)
                 with self.inputs.provide(self.store, request.inputs, layout.inputs_dir):
                     status = self.runtime.run(bundle_dir, cid, log=log_path, timeout=timeout)
                 if status.timed_out:

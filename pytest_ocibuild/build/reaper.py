@@ -9,22 +9,28 @@ and ``waitpid`` gives its exit code or signal. Being long-lived, it saves every 
 interpreter start.
 
 Protocol: ``CONTROL_FD`` is an ``AF_UNIX`` ``SOCK_SEQPACKET`` socket. Each message on it is one
-job: JSON ``{"argv": [runc, ..., "run", "--detach", "--pid-file", P, ...], "pid_file": P,
-"state": D, "delete": [runc, ..., "delete", "--force", ID]}`` with four fds (SCM_RIGHTS): the
-job's own channel (a SEQPACKET socket), the combined log, the stdout file and the stderr file
-(all appended to). On the channel the client may send ``kill`` (SIGKILL runc and the
-container's init). The reaper answers twice: ``{"code": N}`` once the container's init is
-reaped and both output pipes are at EOF (the log is complete), then ``{"deleted": bool}`` once
-the container is deleted. A job whose client is gone (its channel closed, e.g. the client was
+job: JSON ``{"argv": [runc, "--root", R, "--log", "/proc/self/fd/3", ..., "run", "--detach",
+..., ID], "state": R/ID, "delete": [runc, ..., "delete", "--force", ID]}`` with four fds
+(SCM_RIGHTS): the job's own channel (a SEQPACKET socket), the combined log, the stdout file and
+the stderr file (all appended to). runc's fd 3 is an anonymous memory file of the reaper's (no
+file to create and remove, and runc's ``O_SYNC`` costs nothing there); what runc logs to it
+comes back in the first answer. The container's init pid is read from runc's
+``R/ID/state.json`` (``init_process_pid``, what ``runc state`` reports) rather than written by
+runc to a ``--pid-file`` (created ``O_SYNC``: a journal commit per build).
+
+On the channel the client may send ``kill`` (SIGKILL runc and the container's init). The
+reaper answers twice: ``{"code": N, "runc_log": TEXT}`` once the container's init is reaped and
+both output pipes are at EOF (the log is complete), then ``{"deleted": bool}`` once the
+container is deleted. A job whose client is gone (its channel closed, e.g. the client was
 killed) goes on as it would have, and is reaped and deleted when it ends; a ``purge`` (see
 lifecycle) may kill it before that. EOF on ``CONTROL_FD`` (the client process is gone or
 exiting) makes the reaper exit once it has no job left.
 
 Deleting: once we have reaped the init of a container with its own PID namespace, the
 container is stopped and every process of it is gone; ``runc delete`` would then only remove
-its cgroups and its state directory ``D`` (it runs poststop hooks and removes Intel RDT groups
+its cgroups and its state directory ``R/ID`` (it runs poststop hooks and removes Intel RDT groups
 too, which our containers have none of). The reaper does that itself, saving a runc process
-per build, when ``D/state.json`` says there is nothing else to do; otherwise (and whenever
+per build, when ``R/ID/state.json`` says there is nothing else to do; otherwise (and whenever
 runc did not start the container, or a step fails) it runs ``delete``.
 
 Output: the build's stdin is /dev/null itself. Its stdout and stderr are one pipe each; every
@@ -57,6 +63,7 @@ import time
 PR_SET_CHILD_SUBREAPER = 36
 _READ = selectors.EVENT_READ
 _FDS_PER_JOB = 4
+RUNC_LOG_MAX = 32768  # bytes of runc's own log passed back (an answer is one datagram)
 
 
 def _status(st: int) -> int:
@@ -128,7 +135,6 @@ class Job:
         self.reaper = reaper
         self.chan = socket.socket(fileno=fds[0])
         self.log, out, err = fds[1:]
-        self.pid_file: str = spec["pid_file"]
         self.state_dir: str = spec["state"]
         self.delete_argv: list[str] = spec["delete"]
         self.sinks: dict[int, int] = {}
@@ -141,11 +147,12 @@ class Job:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         self.sinks = {out_r: out, err_r: err}
+        self.runc_log = os.memfd_create("runc-log")
         try:
             self.runc: int | None = os.posix_spawn(spec["argv"][0], spec["argv"], os.environ,
                                                    file_actions=[
                 (os.POSIX_SPAWN_DUP2, reaper.devnull, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
-                (os.POSIX_SPAWN_DUP2, err_w, 2)])
+                (os.POSIX_SPAWN_DUP2, err_w, 2), (os.POSIX_SPAWN_DUP2, self.runc_log, 3)])
         except OSError as e:
             self.runc = None
             self._say(f"ocibuild: cannot execute {spec['argv'][0]}: {e.strerror}\n")
@@ -201,10 +208,10 @@ class Job:
                 self.code = runc_code
             else:
                 try:
-                    with open(self.pid_file) as f:
-                        self.init = int(f.read().strip())
-                except (OSError, ValueError) as e:
-                    self._say(f"ocibuild: runc wrote no container pid: {e}\n")
+                    with open(os.path.join(self.state_dir, "state.json"), "rb") as f:
+                        self.init = int(json.load(f)["init_process_pid"])
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    self._say(f"ocibuild: cannot find the container's init pid: {e!r}\n")
                     self.code = 125
         if self.code is None and self.init is not None and self.init in reaped:
             self.code = _status(reaped.pop(self.init))
@@ -218,7 +225,7 @@ class Job:
                 self.deleted = False
         if not self.sinks and not self.exit_sent:
             self.exit_sent = True
-            self._answer({"code": self.code})
+            self._answer({"code": self.code, "runc_log": self._runc_log()})
         if self.deleter is not None and self.deleter in reaped:
             self.deleted = reaped.pop(self.deleter) == 0
             self.deleter = None
@@ -230,6 +237,13 @@ class Job:
         self.chan.close()
         os.close(self.log)
         return True
+
+    def _runc_log(self) -> str:
+        """What runc logged (its last ``RUNC_LOG_MAX`` bytes); the memory file is closed."""
+        size = os.fstat(self.runc_log).st_size
+        data = os.pread(self.runc_log, RUNC_LOG_MAX, max(0, size - RUNC_LOG_MAX))
+        os.close(self.runc_log)
+        return data.decode(errors="replace")
 
     def _answer(self, answer: dict) -> None:
         if not self.abandoned:

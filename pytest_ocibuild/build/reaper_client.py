@@ -41,18 +41,20 @@ class Job:
     def __init__(self, chan: socket.socket) -> None:
         self._chan = chan
 
-    def wait_exit(self, timeout: float | None) -> int:
-        """The container's exit code (see reaper), once its output is complete."""
-        return int(self._receive("code", timeout))
+    def wait_exit(self, timeout: float | None) -> tuple[int, str]:
+        """The container's exit code (see reaper), once its output is complete, and what
+        runc logged."""
+        answer = self._receive("code", timeout)
+        return int(answer["code"]), str(answer.get("runc_log", ""))
 
     def wait_deleted(self, timeout: float | None) -> bool:
         """Whether ``runc delete`` succeeded; the job is over (and closed) then."""
         try:
-            return bool(self._receive("deleted", timeout))
+            return bool(self._receive("deleted", timeout)["deleted"])
         finally:
             self.close()
 
-    def _receive(self, key: str, timeout: float | None) -> object:
+    def _receive(self, key: str, timeout: float | None) -> dict:
         if self._chan.fileno() < 0:
             raise ReaperGone("the job was abandoned")
         poller = select.poll()  # not select(): fds may be above FD_SETSIZE
@@ -66,9 +68,9 @@ class Job:
         if not data:
             raise ReaperGone("the reaper process died")
         answer = json.loads(data)
-        if key not in answer:
+        if not isinstance(answer, dict) or key not in answer:
             raise ReaperGone(f"the reaper answered {answer!r}, not {key!r}")
-        return answer[key]
+        return answer
 
     def kill(self) -> None:
         """Ask the helper to SIGKILL runc and the container's init."""

@@ -114,15 +114,10 @@ class RuncRuntime:
         if (state / container_id).exists():
             # Never run (and then delete) over someone else's container.
             raise BundleError(f"container id {container_id!r} is already in use in {state}")
-        runc_log = state / f"{container_id}.runc-log.json"
-        runc_log.unlink(missing_ok=True)
-        pid_file = state / f"{container_id}.pid"
-        pid_file.unlink(missing_ok=True)
         root = [path, "--root", str(state)]
-        job_spec = {
-            "argv": [*root, "--log", str(runc_log), "--log-format", "json", "run", "--detach",
-                     "--pid-file", str(pid_file), "--bundle", str(bundle), container_id],
-            "pid_file": str(pid_file),
+        job_spec = {  # fd 3 of runc: the reaper's memory file for runc's log (see reaper)
+            "argv": [*root, "--log", "/proc/self/fd/3", "--log-format", "json", "run",
+                     "--detach", "--bundle", str(bundle), container_id],
             "state": str(state / container_id),
             "delete": [*root, "delete", "--force", container_id],
         }
@@ -132,8 +127,9 @@ class RuncRuntime:
         try:
             job = self._submit(job_spec, log)
             timed_out = False
+            runc_log = ""
             try:
-                code = job.wait_exit(timeout)
+                code, runc_log = job.wait_exit(timeout)
             except TimeoutError:
                 timed_out = True
                 code = self._stop(job, container_id)
@@ -150,8 +146,6 @@ class RuncRuntime:
                 job = None  # deleted when the deferring block ends
             return ExitStatus(code=code, timed_out=timed_out, duration=duration)
         finally:
-            runc_log.unlink(missing_ok=True)
-            pid_file.unlink(missing_ok=True)
             if job is not None:
                 self._finish(job, container_id, wait=exited)
 
@@ -234,11 +228,11 @@ class RuncRuntime:
             while time.monotonic() < deadline:
                 self._runc("kill", container_id, "KILL")
                 try:
-                    return job.wait_exit(0.5)
+                    return job.wait_exit(0.5)[0]
                 except TimeoutError:
                     continue
             job.kill()
-            return job.wait_exit(KILL_GRACE)
+            return job.wait_exit(KILL_GRACE)[0]
         except (TimeoutError, ReaperGone):
             job.close()  # the reaper still kills, reaps and deletes it if it can
             return 128 + signal.SIGKILL
@@ -263,7 +257,7 @@ class RuncRuntime:
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             self._runc("delete", "--force", container_id)
 
-    def _check_runc_error(self, runc_log: Path, code: int) -> int:
+    def _check_runc_error(self, runc_log: str, code: int) -> int:
         """Turn runc's own failure (if that is what ``code`` is) into an exception or 127."""
         errors = _runc_errors(runc_log)
         if not errors:
@@ -276,14 +270,10 @@ class RuncRuntime:
         raise BundleError(f"runc rejected the bundle: {msg}")
 
 
-def _runc_errors(runc_log: Path) -> list[str]:
+def _runc_errors(runc_log: str) -> list[str]:
     """Messages of error/fatal entries in runc's JSON log."""
-    try:
-        lines = runc_log.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return []
     msgs = []
-    for line in lines:
+    for line in runc_log.splitlines():
         try:
             entry = json.loads(line)
         except ValueError:

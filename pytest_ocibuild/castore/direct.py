@@ -24,6 +24,17 @@ _pool: list[mmap.mmap] = []
 _pool_lock = threading.Lock()
 
 
+def _after_fork() -> None:
+    """A forked child starts with an empty pool and a fresh lock (another thread may have
+    held the parent's at the moment of the fork)."""
+    global _pool_lock
+    _pool.clear()
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def open_direct(path: str, flags: int, mode: int) -> tuple[int, bool]:
     """``os.open`` with ``O_DIRECT`` if the filesystem accepts it; return (fd, direct)."""
     if _O_DIRECT:

@@ -134,8 +134,8 @@ def cmd_nix_build(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace, store_dir: Path) -> tuple[Any, Any, Callable[[], None]]:
-    """The executor, the Nix settings, and a join for the executor's start-up work (purging
-    what crashed runs left; checking runc), which runs in a thread meanwhile."""
+    """The executor, the Nix settings, and a join for the check that runc works (remembered
+    by the runtime), which runs in a thread meanwhile."""
     import dataclasses
 
     from pytest_ocibuild.build.executor import open_executor
@@ -145,11 +145,7 @@ def _prepare(args: argparse.Namespace, store_dir: Path) -> tuple[Any, Any, Calla
                              max_parallel=args.jobs or default_jobs(),
                              cache=not getattr(args, "no_cache", False), purge=False)
 
-    def start_up() -> None:
-        executor.purge()
-        executor.runtime.unavailable_reason()  # remembered when it passes
-
-    join = _in_background(start_up)
+    join = _in_background(executor.runtime.unavailable_reason)
     try:
         import pytest_ocibuild.nix.build  # noqa: F401 - imported while Nix evaluates
 
@@ -170,7 +166,16 @@ def _build(args: argparse.Namespace, executor: Any, settings: Any, state: Path,
     builder = NixBuilder(executor, state, settings=settings,
                          progress=print_progress if sys.stderr.isatty() else None,
                          store_root=store_root)
-    outputs = builder.build(drv_path)
+    # What crashed runs left is purged while the first builds run (purge leaves everything of
+    # live processes alone, this one's included), not before them: less on the way to a result.
+    join_purge = _in_background(executor.purge)
+    try:
+        outputs = builder.build(drv_path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            join_purge()
+        raise
+    join_purge()
     if args.export:
         from pytest_ocibuild.castore.ingest import export
 

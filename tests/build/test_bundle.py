@@ -230,7 +230,12 @@ def test_shared_dev_is_made_once_and_linked(tmp_path: Path) -> None:
         if stat.S_ISLNK(p.st_mode):
             assert os.readlink(target / name) == os.readlink(private / name)
     assert sorted(os.listdir(target)) == sorted(os.listdir(private))
-    kvm = req(constraints=Constraints(available_ro_paths=("/dev/full",)))
-    other = make_bundle(kvm, make_spec(kvm, id_maps=CANON), tmp_path / "c",
+    # the same contents, the same copy: /dev/full is a device bound already
+    same = req(constraints=Constraints(available_ro_paths=("/dev/full",)))
+    assert os.readlink(make_bundle(same, make_spec(same, id_maps=CANON), tmp_path / "c",
+                                   shared_dir=shared).bundle_dir / "dev") == os.readlink(a)
+    console = req(constraints=Constraints(available_ro_paths=("/dev/console",)))
+    other = make_bundle(console, make_spec(console, id_maps=CANON), tmp_path / "d",
                         shared_dir=shared).bundle_dir / "dev"
     assert os.readlink(other) != os.readlink(a) and len(os.listdir(shared)) == 2
+    assert (other / "console").is_file() and not (target / "console").exists()

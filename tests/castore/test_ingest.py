@@ -296,7 +296,9 @@ def test_worker_count_does_not_change_result(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "t")
     for i in range(200):
         (root / "a" / f"many{i}").write_bytes(os.urandom(i * 37))
+    (root / "a" / "big").write_bytes(os.urandom(3 << 20))  # streamed, not read whole
     nodes = {ingest_path(MemoryStore(), root, workers=w) for w in (1, 2, 16)}
+    nodes |= {ingest_path(LocalStore(tmp_path / f"s{w}"), root, workers=w) for w in (1, 4)}
     assert len(nodes) == 1
 
 

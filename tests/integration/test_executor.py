@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -152,3 +154,26 @@ def test_working_dir_below_a_scratch_path_is_writable(executor: Executor, busybo
     build = executor.build(sh(busybox, "echo x > f && pwd > /build/out && cat f >> /build/out",
                               working_dir="build/src/deep"))
     assert read_blob(executor.store, build.outputs[0].digest) == b"/build/src/deep\nx\n"
+
+
+def test_builds_never_see_each_others_tmp(executor: Executor, busybox: Node) -> None:
+    """Roots are reused (see root_pool): what a build leaves in /tmp is gone for the next."""
+    script = ("ls -A /tmp > out; ls -ld /tmp | cut -c1-10 >> out; mkdir /tmp/d; "
+              "echo x > /tmp/d/f; chmod 500 /tmp/d")
+    first, second = (executor.build(sh(busybox, script)) for _ in range(2))
+    for build in (first, second):
+        assert read_blob(executor.store, build.outputs[0].digest) == b"drwxrwxrwt\n"
+
+
+def test_ro_path_in_tmp_gets_a_root_of_its_own(executor: Executor, busybox: Node) -> None:
+    """A mount point in /tmp would be wiped with /tmp: such a build gets a fresh root."""
+    ro = Path(tempfile.mkdtemp(prefix="ocibuild-ro-", dir="/tmp"))
+    try:
+        ro.chmod(0o755)
+        (ro / "f").write_text("host\n")
+        build = executor.build(sh(busybox, f"cat {ro}/f > out; ls -A /tmp >> out",
+                                  constraints=Constraints(available_ro_paths=(str(ro),))))
+        assert read_blob(executor.store, build.outputs[0].digest) == \
+            f"host\n{ro.name}\n".encode()
+    finally:
+        shutil.rmtree(ro)

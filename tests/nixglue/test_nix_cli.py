@@ -77,21 +77,42 @@ def test_evaluation_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
                            "syntax error"), res.stderr
 
 
-@needs_nix
-def test_the_build_path_imports_no_yaml_jsonschema_or_pytest(tmp_path: Path) -> None:
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
     (tmp_path / "bb").mkdir()
     shutil.copy2("/bin/busybox", tmp_path / "bb" / "busybox")
     (tmp_path / "t.nix").write_text(NIX)
+    return tmp_path
+
+
+def build_args(corpus: Path) -> list[str]:
+    return ["nix-build", "--json", "--store", str(corpus / "store"), str(corpus / "t.nix"),
+            "-A", "t", "--arg", "bbdir", str(corpus / "bb"), "--argstr", "nonce",
+            os.urandom(6).hex()]
+
+
+@needs_nix
+def test_the_build_path_imports_no_yaml_jsonschema_or_pytest(corpus: Path) -> None:
     code = ("import sys; from pytest_ocibuild.cli import main; rc = main(sys.argv[1:]); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'yaml', 'jsonschema', 'pytest', '_pytest', 'syrupy'}), file=sys.stderr); "
             "sys.exit(rc)")
-    nonce = os.urandom(6).hex()
-    res = subprocess.run(
-        [sys.executable, "-c", code, "nix-build", "--json", "--store", str(tmp_path / "store"),
-         str(tmp_path / "t.nix"), "-A", "t", "--arg", "bbdir", str(tmp_path / "bb"),
-         "--argstr", "nonce", nonce], capture_output=True, text=True, check=False)
+    res = subprocess.run([sys.executable, "-c", code, *build_args(corpus)],
+                         capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     assert res.stderr.splitlines()[-1] == "[]"
     out = json.loads(res.stdout)["outputs"]["out"]
     assert out["path"].endswith("-cli-t") and not os.path.exists(out["path"])
+
+
+@needs_nix
+def test_what_a_crashed_run_left_is_purged(corpus: Path) -> None:
+    """The purge runs beside the build now, not before it: it still happens."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid nobody has (the next ones are handed out after it)
+    left = corpus / "bundles" / f"ocibuild-{gone.pid}-0-0123456789ab"
+    (left / "scratch").mkdir(parents=True)
+    res = subprocess.run([sys.executable, "-m", "pytest_ocibuild", *build_args(corpus)],
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    assert not left.exists()
