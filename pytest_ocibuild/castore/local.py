@@ -8,17 +8,20 @@ Layout under ``root``::
     tmp/                        staging files, one unique name per writer
 
 Every object is written to its own staging file in ``tmp/`` (same filesystem), then renamed
-into place. Objects are content-addressed, so a rename over an existing object replaces it with
-identical bytes and a concurrent writer of the same object can never observe a missing staging
-file (the race Nixery had with a shared ``staging/<hash>`` name). Reads verify digests.
+into place; blobs of 64 KiB or more are written with ``O_DIRECT`` where the filesystem allows
+(``direct.py``), bypassing the page cache. Objects are content-addressed, so a rename over an
+existing object replaces it with identical bytes and a concurrent writer of the same object
+can never observe a missing staging file (the race Nixery had with a shared
+``staging/<hash>`` name). Reads verify digests.
 
 Durability: like ``nix-store --add``, object contents are not fsynced by default. A crashed
-or killed process never loses data (it is in the page cache), and the rename makes an object
-appear whole or not at all. Only a power loss or kernel crash can leave an object truncated
-or empty under its final name; such an object is never trusted: writers re-store any object
-whose size differs from the one they are writing, ``has_blob`` treats an empty file as absent
-unless it is the empty blob, and every read verifies the digest (``store verify`` finds the
-rest). ``fsync=True`` or ``OCIBUILD_FSYNC=1`` fsyncs every object before its rename.
+or killed process never loses data (it is in the page cache, or for ``O_DIRECT`` writes
+already on the device), and the rename makes an object appear whole or not at all. Only a
+power loss or kernel crash can leave an object truncated or empty under its final name; such
+an object is never trusted: writers re-store any object whose size differs from the one they
+are writing, ``has_blob`` treats an empty file as absent unless it is the empty blob, and
+every read verifies the digest (``store verify`` finds the rest). ``fsync=True`` or
+``OCIBUILD_FSYNC=1`` fsyncs every object before its rename.
 
 A fresh store's root and ``blobs/`` are marked as allocator "top directories" (see
 ``spread.py``) so their subdirectories land in lightly used parts of the filesystem.
