@@ -116,7 +116,7 @@ def _in_background(fn: Callable[[], object]) -> Callable[[], None]:
 def cmd_nix_build(args: argparse.Namespace) -> int:
     """Evaluate (Nix runs while the executor is imported and prepared), build, report."""
     store_dir = Path(args.store) if args.store else default_store_dir()
-    state = store_dir.parent / "nix"
+    state = store_dir / "nix"  # eval store, sources, results: shared with the pytest plugin
     wait_drv, store_root = resolve_target(args, state)
     try:
         executor, settings, join = _prepare(args, store_dir)
