@@ -9,7 +9,10 @@ Both sides run the same trivial build (busybox ``sh -c 'echo hi > out'``), inter
 * ``bare``: a bundle made once (config.json by make_spec, busybox copied into inputs/), then
   ``runc run`` of it, timed around the subprocess;
 * ``executor``: ``Executor.build`` without a result cache: spec, bundle, inputs provided from
-  the castore, ``runc run``, output ingest and refscan, bundle removal.
+  the castore, ``runc run`` (through the executor's long-lived reaper process, started by the
+  warm-up), output ingest and refscan, container deletion, bundle removal. As in any
+  session, the bundle's ``/dev`` skeleton and its root filesystem (``/``, emptied ``/tmp``)
+  come from what earlier builds left for reuse (see bundle.make_bundle, root_pool).
 
 Prints the medians and executor/bare (target: at most 1.5).
 """

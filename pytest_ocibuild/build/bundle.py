@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -55,6 +56,7 @@ DEV_SYMLINKS: tuple[tuple[str, str], ...] = (
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def scratch_name(path: str) -> str:
     """Directory name under ``scratch/`` for scratch path ``path``: base32 of blake3(path)."""
     return base64.b32encode(blake3.blake3(path.encode()).digest()).decode()

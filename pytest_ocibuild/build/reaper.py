@@ -10,7 +10,8 @@ interpreter start.
 
 Protocol: ``CONTROL_FD`` is an ``AF_UNIX`` ``SOCK_SEQPACKET`` socket. Each message on it is one
 job: JSON ``{"argv": [runc, "--root", R, "--log", "/proc/self/fd/3", ..., "run", "--detach",
-..., ID], "state": R/ID, "delete": [runc, ..., "delete", "--force", ID]}`` with four fds
+..., ID], "env": {...}, "state": R/ID, "delete": [runc, ..., "delete", "--force", ID]}`` (runc
+runs with the client's environment of the moment) with four fds
 (SCM_RIGHTS): the job's own channel (a SEQPACKET socket), the combined log, the stdout file and
 the stderr file (all appended to). runc's fd 3 is an anonymous memory file of the reaper's (no
 file to create and remove, and runc's ``O_SYNC`` costs nothing there); what runc logs to it
@@ -84,16 +85,14 @@ def _kill(pid: int | None) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def remove_stopped(state_dir: str) -> bool:
+def remove_stopped(state_dir: str, state: dict) -> bool:
     """Delete a stopped container as ``runc delete`` would: its cgroups, then ``state_dir``.
 
-    False (leaving whatever is left to ``runc delete``) unless ``state.json`` is readable and
-    names no hooks, no Intel RDT group and no systemd-managed cgroup, and every step works.
+    ``state``: its ``state.json``. False (leaving whatever is left to ``runc delete``) unless
+    that names no hooks, no Intel RDT group and no systemd-managed cgroup, and every step
+    works.
     """
-    state_file = os.path.join(state_dir, "state.json")
     try:
-        with open(state_file, "rb") as f:
-            state = json.load(f)
         config = state["config"]
         if any((config.get("Hooks") or {}).values()) or state.get("intel_rdt_path") or \
                 (config.get("cgroups") or {}).get("Systemd"):
@@ -137,6 +136,8 @@ class Job:
         self.log, out, err = fds[1:]
         self.state_dir: str = spec["state"]
         self.delete_argv: list[str] = spec["delete"]
+        self.env: dict[str, str] = spec["env"]
+        self.state: dict | None = None  # runc's state.json, once read
         self.sinks: dict[int, int] = {}
         self.init: int | None = None
         self.code: int | None = None
@@ -149,7 +150,7 @@ class Job:
         self.sinks = {out_r: out, err_r: err}
         self.runc_log = os.memfd_create("runc-log")
         try:
-            self.runc: int | None = os.posix_spawn(spec["argv"][0], spec["argv"], os.environ,
+            self.runc: int | None = os.posix_spawn(spec["argv"][0], spec["argv"], spec["env"],
                                                    file_actions=[
                 (os.POSIX_SPAWN_DUP2, reaper.devnull, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
                 (os.POSIX_SPAWN_DUP2, err_w, 2), (os.POSIX_SPAWN_DUP2, self.runc_log, 3)])
@@ -209,18 +210,19 @@ class Job:
             else:
                 try:
                     with open(os.path.join(self.state_dir, "state.json"), "rb") as f:
-                        self.init = int(json.load(f)["init_process_pid"])
+                        self.state = json.load(f)
+                    self.init = int(self.state["init_process_pid"])  # type: ignore[index]
                 except (OSError, ValueError, KeyError, TypeError) as e:
                     self._say(f"ocibuild: cannot find the container's init pid: {e!r}\n")
                     self.code = 125
         if self.code is None and self.init is not None and self.init in reaped:
             self.code = _status(reaped.pop(self.init))
-            if remove_stopped(self.state_dir):
+            if self.state is not None and remove_stopped(self.state_dir, self.state):
                 self.deleted = True
         if self.code is None:
             return False
         if self.deleter is None and self.deleted is None:
-            self.deleter = self.reaper.spawn_quiet(self.delete_argv)
+            self.deleter = self.reaper.spawn_quiet(self.delete_argv, self.env)
             if self.deleter is None:
                 self.deleted = False
         if not self.sinks and not self.exit_sent:
@@ -267,10 +269,10 @@ class Reaper:
         self.sel.register(control, _READ, (self._accept, None))
         self.closing = False
 
-    def spawn_quiet(self, argv: list[str]) -> int | None:
+    def spawn_quiet(self, argv: list[str], env: dict[str, str]) -> int | None:
         """Start ``argv`` with stdio on /dev/null; None if it cannot be executed."""
         try:
-            pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=[
+            pid = os.posix_spawn(argv[0], argv, env, file_actions=[
                 (os.POSIX_SPAWN_DUP2, self.devnull, 0), (os.POSIX_SPAWN_DUP2, self.devnull, 1),
                 (os.POSIX_SPAWN_DUP2, self.devnull, 2)])
         except OSError:

@@ -57,13 +57,22 @@ class RuncRuntime:
         self.binary = binary
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self._usable: str | None = None  # the runc path once a check passed
+        self._which: tuple[str | None, str] | None = None  # (PATH, path) of the last lookup
         self._local = threading.local()  # .pending: deletions deferred (deferring_deletes)
 
     def __repr__(self) -> str:
         return f"RuncRuntime({self.binary!r}, state_dir={str(self.state_dir)!r})"
 
     def _path(self) -> str | None:
-        return shutil.which(self.binary)
+        """``binary`` looked up on PATH (the last hit is reused while PATH is the same and
+        the file is still executable: a PATH search costs a stat per directory)."""
+        search = os.environ.get("PATH")
+        if self._which is not None and self._which[0] == search \
+                and os.access(self._which[1], os.X_OK):
+            return self._which[1]
+        path = shutil.which(self.binary)
+        self._which = (search, path) if path is not None else None
+        return path
 
     def unavailable_reason(self) -> str | None:
         """None if runc is usable; otherwise one line naming what is missing.
@@ -118,6 +127,7 @@ class RuncRuntime:
         job_spec = {  # fd 3 of runc: the reaper's memory file for runc's log (see reaper)
             "argv": [*root, "--log", "/proc/self/fd/3", "--log-format", "json", "run",
                      "--detach", "--bundle", str(bundle), container_id],
+            "env": dict(os.environ),
             "state": str(state / container_id),
             "delete": [*root, "delete", "--force", container_id],
         }

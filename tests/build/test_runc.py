@@ -422,3 +422,23 @@ def test_reaper_survives_its_client_and_deletes_its_job(tmp_path: Path) -> None:
         assert layout.output_host_path("build/out").read_text() == "done\n"
     finally:
         rt.purge("")
+
+
+def test_runc_gets_the_callers_environment_and_log(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """runc runs with the caller's environment as it is at ``run`` (not when the reaper
+    started), and what it logs (to the reaper's memory file) decides the error."""
+    script = tmp_path / "env-runc"
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *--version*) echo fake; exit 0;; *" run "*) ;; *) exit 0;; esac\n'
+        'while [ "$1" != --log ]; do shift; done\n'
+        'printf \'{"level":"error","msg":"mark=%s"}\\n\' "$OCIBUILD_TEST_MARK" > "$2"\n'
+        "exit 1\n")
+    script.chmod(0o755)
+    rt = RuncRuntime(str(script), state_dir=tmp_path / "state")
+    for mark in ("first", "second"):
+        monkeypatch.setenv("OCIBUILD_TEST_MARK", mark)
+        with pytest.raises(BundleError, match=f"runc rejected the bundle: mark={mark}$"):
+            rt.run(tmp_path, container_id(), log=tmp_path / "log", timeout=10)
+    assert sorted(os.listdir(tmp_path / "state")) == []
