@@ -17,7 +17,8 @@ the stderr file (all appended to). runc's fd 3 is an anonymous memory file of th
 file to create and remove, and runc's ``O_SYNC`` costs nothing there); what runc logs to it
 comes back in the first answer. The container's init pid is read from runc's
 ``R/ID/state.json`` (``init_process_pid``, what ``runc state`` reports) rather than written by
-runc to a ``--pid-file`` (created ``O_SYNC``: a journal commit per build).
+runc to a ``--pid-file`` (created ``O_SYNC``: a journal commit per build); only a runtime that
+is not runc is given ``--pid-file P`` and the job ``"pid_file": P``.
 
 On the channel the client may send ``kill`` (SIGKILL runc and the container's init). The
 reaper answers twice: ``{"code": N, "runc_log": TEXT}`` once the container's init is reaped and
@@ -137,6 +138,7 @@ class Job:
         self.state_dir: str = spec["state"]
         self.delete_argv: list[str] = spec["delete"]
         self.env: dict[str, str] = spec["env"]
+        self.pid_file: str | None = spec.get("pid_file")
         self.state: dict | None = None  # runc's state.json, once read
         self.sinks: dict[int, int] = {}
         self.init: int | None = None
@@ -209,9 +211,13 @@ class Job:
                 self.code = runc_code
             else:
                 try:
-                    with open(os.path.join(self.state_dir, "state.json"), "rb") as f:
-                        self.state = json.load(f)
-                    self.init = int(self.state["init_process_pid"])  # type: ignore[index]
+                    if self.pid_file is not None:
+                        with open(self.pid_file, "rb") as f:
+                            self.init = int(f.read().strip())
+                    else:
+                        with open(os.path.join(self.state_dir, "state.json"), "rb") as f:
+                            self.state = json.load(f)
+                        self.init = int(self.state["init_process_pid"])  # type: ignore[index]
                 except (OSError, ValueError, KeyError, TypeError) as e:
                     self._say(f"ocibuild: cannot find the container's init pid: {e!r}\n")
                     self.code = 125

@@ -58,6 +58,7 @@ class RuncRuntime:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self._usable: str | None = None  # the runc path once a check passed
         self._which: tuple[str | None, str] | None = None  # (PATH, path) of the last lookup
+        self._runc_state = False  # the binary is runc (state.json has the init's pid)
         self._local = threading.local()  # .pending: deletions deferred (deferring_deletes)
 
     def __repr__(self) -> str:
@@ -91,6 +92,8 @@ class RuncRuntime:
             return f"OCI runtime {path} does not run: {e}"
         if out.returncode != 0:
             return f"OCI runtime {path} --version failed: {_first_line(out.stderr)}"
+        # runc itself keeps <root>/<id>/state.json (see reaper); other runtimes get --pid-file
+        self._runc_state = out.stdout.startswith(b"runc version")
         if _read_int(USERNS_LIMIT) == 0:
             return f"user namespaces are disabled ({USERNS_LIMIT} is 0)"
         try:
@@ -117,18 +120,24 @@ class RuncRuntime:
         problems) or BundleError (anything else, e.g. a bad mount), with runc's message.
         """
         path = self._path()
-        if path is None:
-            raise RuntimeUnavailable(self.unavailable_reason() or "runc missing")
+        if path is None or path != self._usable:
+            reason = self.unavailable_reason()  # once per runc path
+            if reason:
+                raise RuntimeUnavailable(reason)
+            path = self._path() or self.binary
         state = self._ensure_state_dir()
         if (state / container_id).exists():
             # Never run (and then delete) over someone else's container.
             raise BundleError(f"container id {container_id!r} is already in use in {state}")
         root = [path, "--root", str(state)]
+        pid_file = None if self._runc_state else state / f"{container_id}.pid"
         job_spec = {  # fd 3 of runc: the reaper's memory file for runc's log (see reaper)
             "argv": [*root, "--log", "/proc/self/fd/3", "--log-format", "json", "run",
-                     "--detach", "--bundle", str(bundle), container_id],
+                     "--detach", *([] if pid_file is None else ["--pid-file", str(pid_file)]),
+                     "--bundle", str(bundle), container_id],
             "env": dict(os.environ),
             "state": str(state / container_id),
+            "pid_file": None if pid_file is None else str(pid_file),
             "delete": [*root, "delete", "--force", container_id],
         }
         job: Job | None = None
@@ -156,6 +165,8 @@ class RuncRuntime:
                 job = None  # deleted when the deferring block ends
             return ExitStatus(code=code, timed_out=timed_out, duration=duration)
         finally:
+            if pid_file is not None:
+                pid_file.unlink(missing_ok=True)
             if job is not None:
                 self._finish(job, container_id, wait=exited)
 

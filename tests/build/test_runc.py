@@ -442,3 +442,22 @@ def test_runc_gets_the_callers_environment_and_log(tmp_path: Path,
         with pytest.raises(BundleError, match=f"runc rejected the bundle: mark={mark}$"):
             rt.run(tmp_path, container_id(), log=tmp_path / "log", timeout=10)
     assert sorted(os.listdir(tmp_path / "state")) == []
+
+
+def test_a_runtime_that_is_not_runc_reports_its_init_pid_file(tmp_path: Path) -> None:
+    """Only runc is known to keep the init's pid in state.json: another runc-compatible
+    binary (here runc behind a wrapper that says otherwise) is given --pid-file."""
+    runc = shutil.which("runc")
+    assert runc
+    wrapper = tmp_path / "other-runtime"
+    wrapper.write_text('#!/bin/sh\n[ "$1" = --version ] && { echo "other 1.0"; exit 0; }\n'
+                       f'exec {runc} "$@"\n')
+    wrapper.chmod(0o755)
+    r = sh("echo other > /build/out; exit 6")
+    layout = make_bundle(r, make_spec(r, id_maps=IdMaps.detect()), tmp_path / "b")
+    shutil.copy2(BUSYBOX, layout.inputs_dir / "busybox")
+    rt = RuncRuntime(str(wrapper), state_dir=tmp_path / "state")
+    status = rt.run(layout.bundle_dir, container_id(), log=tmp_path / "log", timeout=60)
+    assert status.code == 6
+    assert layout.output_host_path("build/out").read_text() == "other\n"
+    assert rt.list() == [] and os.listdir(tmp_path / "state") == []
