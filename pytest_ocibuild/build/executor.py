@@ -31,6 +31,7 @@ from pytest_ocibuild.build.bundle import build_owner, make_bundle, root_skeleton
 from pytest_ocibuild.build.caches import CacheStore
 from pytest_ocibuild.build.ids import IdMaps
 from pytest_ocibuild.build.inputs import InputProvider, open_input_provider
+from pytest_ocibuild.build.locations import default_store_dir
 from pytest_ocibuild.build.refscan import scan_path
 from pytest_ocibuild.build.request import STREAMS, Build, BuildRequest
 from pytest_ocibuild.build.results import (
@@ -299,15 +300,6 @@ class Executor:
             nodes.append(ingest_path(self.store, host))
             found.append(tuple(sorted(scan_path(host, needles))) if needles else ())
         return tuple(nodes), tuple(found)
-
-
-def default_store_dir() -> Path:
-    """``$OCIBUILD_STORE`` or the per-user cache dir (``$XDG_CACHE_HOME/ocibuild/store``)."""
-    env = os.environ.get("OCIBUILD_STORE")
-    if env:
-        return Path(env)
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "ocibuild" / "store"
 
 
 def open_executor(

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pytest_ocibuild.build.locations import default_store_dir
 from pytest_ocibuild.errors import NixError
 
 
@@ -52,16 +53,6 @@ def settings_from_nix() -> object:
     return NixSettings(cores=cores, system=conf.get("system", "x86_64-linux"),
                        extra_platforms=frozenset(platforms), features=frozenset(features),
                        environ=dict(os.environ))
-
-
-def default_store_dir() -> Path:
-    """``build.executor.default_store_dir`` without importing the executor (which is slow to
-    import: the CLI starts ``nix-instantiate`` first and imports it while Nix evaluates)."""
-    env = os.environ.get("OCIBUILD_STORE")
-    if env:
-        return Path(env)
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "ocibuild" / "store"
 
 
 def default_jobs() -> int:

@@ -26,18 +26,23 @@ let lib = import @ROOT@/nix/lib.nix { inherit bbdir; }; in
 """.replace("@ROOT@", str(ROOT))
 
 
-@pytest.mark.parametrize("env", [{}, {"OCIBUILD_STORE": "/x/store"}, {"XDG_CACHE_HOME": "/c"},
-                                 {"HOME": "/h"}])
-def test_default_store_dir_is_the_executors(monkeypatch: pytest.MonkeyPatch,
-                                            env: dict[str, str]) -> None:
-    from pytest_ocibuild.build.executor import default_store_dir as executors
-    from pytest_ocibuild.nix.command import default_store_dir
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"OCIBUILD_STORE": "/x/store", "XDG_CACHE_HOME": "/c"}, "/x/store"),
+    ({"XDG_CACHE_HOME": "/c", "HOME": "/h"}, "/c/ocibuild/store"),
+    ({"HOME": "/h"}, "/h/.cache/ocibuild/store"),
+])
+def test_default_store_dir(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                           expected: str) -> None:
+    """One light function gives the default store to the CLI, nix-build and the executor."""
+    from pytest_ocibuild.build import executor, locations
+    from pytest_ocibuild.nix import command
 
     for name in ("OCIBUILD_STORE", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert default_store_dir() == executors()
+    assert locations.default_store_dir() == Path(expected)
+    assert command.default_store_dir is executor.default_store_dir is locations.default_store_dir
 
 
 def test_node_records_round_trip_without_the_request_loader() -> None:

@@ -53,8 +53,8 @@ JSONISH = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
                        max_leaves=25)
 
 
-def _mutations(body: Any) -> st.SearchStrategy[Any]:
-    """``body`` with one value somewhere replaced by generated data."""
+def _paths(body: Any) -> list[tuple[Any, ...]]:
+    """The path of every value in ``body`` (itself included), parents before children."""
     paths: list[tuple[Any, ...]] = []
 
     def walk(v: Any, at: tuple[Any, ...]) -> None:
@@ -64,17 +64,24 @@ def _mutations(body: Any) -> st.SearchStrategy[Any]:
             walk(sub, (*at, k))
 
     walk(body, ())
+    return paths
 
-    def replace(v: Any, at: tuple[Any, ...], new: Any) -> Any:
-        if not at:
-            return new
-        copy = dict(v) if isinstance(v, dict) else list(v)
-        copy[at[0]] = replace(v[at[0]], at[1:], new)
-        return copy
 
+def _replace(v: Any, at: tuple[Any, ...], new: Any) -> Any:
+    """A copy of ``v`` with the value at ``at`` replaced by ``new``."""
+    if not at:
+        return new
+    copy = dict(v) if isinstance(v, dict) else list(v)
+    copy[at[0]] = _replace(v[at[0]], at[1:], new)
+    return copy
+
+
+def _mutations(body: Any) -> st.SearchStrategy[Any]:
+    """``body`` with one value somewhere replaced by generated data."""
+    paths = _paths(body)
     leaves = [p for p in paths if not isinstance(_at(body, p), dict | list)] or paths
     return (st.tuples(st.sampled_from(paths), JSONISH) | st.tuples(st.sampled_from(leaves),
-            SCALARS)).map(lambda pn: replace(body, *pn))
+            SCALARS)).map(lambda pn: _replace(body, *pn))
 
 
 def _at(v: Any, path: tuple[Any, ...]) -> Any:
@@ -118,25 +125,10 @@ def test_every_single_change_of_every_case(index: int) -> None:
     """Exhaustively: each value in each real case replaced by each of LEAF_VALUES."""
     kind, body = BODIES[index]
     validator = jsonschema.Draft202012Validator(SCHEMAS[kind])
-    paths: list[tuple[Any, ...]] = []
-
-    def walk(v: Any, at: tuple[Any, ...]) -> None:
-        paths.append(at)
-        items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
-        for k, sub in items:
-            walk(sub, (*at, k))
-
-    walk(body, ())
+    paths = _paths(body)
     for path in paths:
         for new in LEAF_VALUES:
             changed = _replace(body, path, new)
             if surely_valid(changed, SCHEMAS[kind]):
                 assert validator.is_valid(changed), (path, new)
 
-
-def _replace(v: Any, at: tuple[Any, ...], new: Any) -> Any:
-    if not at:
-        return new
-    copy = dict(v) if isinstance(v, dict) else list(v)
-    copy[at[0]] = _replace(v[at[0]], at[1:], new)
-    return copy
