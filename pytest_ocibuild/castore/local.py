@@ -22,9 +22,6 @@ an object is never trusted: writers re-store any object whose size differs from 
 are writing, ``has_blob`` treats an empty file as absent unless it is the empty blob, and
 every read verifies the digest (``store verify`` finds the rest). ``fsync=True`` or
 ``OCIBUILD_FSYNC=1`` fsyncs every object before its rename.
-
-A fresh store's root and ``blobs/`` are marked as allocator "top directories" (see
-``spread.py``) so their subdirectories land in lightly used parts of the filesystem.
 """
 
 from __future__ import annotations
@@ -39,7 +36,6 @@ from pathlib import Path
 from pytest_ocibuild.castore.digest import EMPTY, Digest, hasher
 from pytest_ocibuild.castore.direct import DirectWriter, open_direct
 from pytest_ocibuild.castore.nodes import Directory
-from pytest_ocibuild.castore.spread import mark_topdir
 from pytest_ocibuild.errors import StoreError
 
 _HEX = frozenset("0123456789abcdef")
@@ -89,13 +85,8 @@ class LocalStore:
         if all(os.path.isdir(sub) for sub in subs):
             return
         # idempotent and tolerant of concurrent creators (exist_ok at every level)
-        self.root.mkdir(parents=True, exist_ok=True)
-        mark_topdir(base)  # before its subdirectories exist (see spread.py)
         for sub in subs:
-            if not os.path.isdir(sub):
-                os.makedirs(sub, exist_ok=True)
-                if sub == self._blobs:
-                    mark_topdir(sub)
+            os.makedirs(sub, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"

@@ -1,10 +1,8 @@
-"""Durability without fsync, O_DIRECT writes and the allocator hint (LocalStore internals)."""
+"""Durability without fsync and O_DIRECT writes (LocalStore internals)."""
 
 from __future__ import annotations
 
-import fcntl
 import os
-import struct
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,6 @@ from pytest_ocibuild.castore.ingest import SMALL, _read_small, ingest_path
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.memory import MemoryStore
 from pytest_ocibuild.castore.nodes import Directory, FileNode
-from pytest_ocibuild.castore.spread import mark_topdir
 from pytest_ocibuild.castore.store import put_blob, read_blob
 
 SIZES = [0, 1, ALIGN - 1, ALIGN, ALIGN + 1, (64 << 10) + 7, BUFFER - 1, BUFFER, BUFFER + 1,
@@ -144,19 +141,6 @@ def test_ingest_at_small_boundary(tmp_path: Path, size: int) -> None:
     node = ingest_path(store, tmp_path / "f")
     assert node == FileNode(Digest.of(data), size)
     assert read_blob(store, node.digest) == data
-
-
-def test_mark_topdir(tmp_path: Path) -> None:
-    assert mark_topdir(str(tmp_path / "missing")) is False
-    d = tmp_path / "d"
-    d.mkdir()
-    if mark_topdir(str(d)):
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            (flags,) = struct.unpack("i", fcntl.ioctl(fd, 0x80086601, b"\0" * 4))
-        finally:
-            os.close(fd)
-        assert flags & 0x00020000
 
 
 @pytest.mark.parametrize("first", [None, "tmp", "blobs"])
