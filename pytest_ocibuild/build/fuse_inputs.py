@@ -144,7 +144,8 @@ def _prefetch(store: Store, root: Mapping[bytes, Node]) -> dict[Digest, Director
             if directory is None:
                 raise NotFound(f"input {name!r}: directory {node.digest} missing from the store")
             dirs[node.digest] = directory
-        elif isinstance(node, FileNode) and node.size and not store.has_blob(node.digest):
+        elif (isinstance(node, FileNode) and node.size
+              and not store.has_blob(node.digest, node.size)):
             raise NotFound(f"input {name!r}: blob {node.digest} missing from the store")
     return dirs
 

@@ -286,7 +286,7 @@ def check_outputs_present(store: Any, record: Record) -> bool:
 
     try:
         for node in record.nodes:
-            if isinstance(node, FileNode) and not store.has_blob(node.digest):
+            if isinstance(node, FileNode) and not store.has_blob(node.digest, node.size):
                 return False
             if isinstance(node, DirectoryNode) and store.get_directory(node.digest) is None:
                 return False

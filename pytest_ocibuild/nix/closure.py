@@ -79,7 +79,7 @@ def node_from_json(d: Mapping[str, Any]) -> Node:
 def node_present(store: Store, node: Node) -> bool:
     """True if the top object of ``node`` is in ``store`` (children are written first)."""
     if isinstance(node, FileNode):
-        return store.has_blob(node.digest)
+        return store.has_blob(node.digest, node.size)
     if isinstance(node, DirectoryNode):
         return store.get_directory(node.digest) is not None
     return True

@@ -135,6 +135,20 @@ def test_a_record_whose_outputs_are_gone_is_rebuilt(executor: Executor, busybox:
     assert read_blob(executor.store, again.outputs[0].digest) == b"gone\n"  # type: ignore[union-attr]
 
 
+def test_a_record_whose_output_blob_was_truncated_is_rebuilt(executor: Executor,
+                                                             busybox: Node, root: Path) -> None:
+    """What a power loss can leave of an unsynced blob: the build runs again and repairs it."""
+    req = sh(busybox, "echo truncated > out")
+    node = executor.build(req).outputs[0]
+    blob = root / "blobs" / node.digest.hex[:2] / node.digest.hex  # type: ignore[union-attr]
+    blob.chmod(0o644)
+    with blob.open("r+b") as f:
+        f.truncate(3)
+    again = executor.build(req)
+    assert not again.cached and runs(executor) == 2
+    assert read_blob(executor.store, again.outputs[0].digest) == b"truncated\n"  # type: ignore[union-attr]
+
+
 def test_an_unreadable_record_is_a_miss(executor: Executor, busybox: Node, root: Path) -> None:
     req = sh(busybox, "echo x > out")
     executor.build(req)
