@@ -5,32 +5,38 @@ Layout under ``root``::
     blobs/<2 hex>/<64 hex>      blob contents, mode 0444
     blobs/<2 hex>/<64 hex>.x    0555 twin, made on demand by ``blob_path(executable=True)``
     directories/<2 hex>/<64 hex>  canonical proto bytes of a Directory
-    tmp/                        staging files, one unique name per writer
+    tmp/                        staging files, one unique name per writer (fallback only)
 
-Every object is written to its own staging file in ``tmp/`` (same filesystem), then renamed
-into place; blobs of 64 KiB or more are written with ``O_DIRECT`` where the filesystem allows
-(``direct.py``), bypassing the page cache. Objects are content-addressed, so a rename over an
-existing object replaces it with identical bytes and a concurrent writer of the same object
-can never observe a missing staging file (the race Nixery had with a shared
+Every object is written to its own unnamed staging file (``O_TMPFILE`` in ``tmp/``, same
+filesystem), then linked into place through ``/proc/self/fd`` (``linkat``): one directory
+update per object, and nothing is left behind by a killed writer, since an unlinked inode
+vanishes with its last descriptor. Where ``O_TMPFILE`` is refused (or ``tmpfile=False``) a
+named staging file ``tmp/<kind>.<pid>-<random>.<n>`` is renamed into place instead. Blobs of
+64 KiB or more are written with ``O_DIRECT`` where the filesystem allows (``direct.py``),
+bypassing the page cache. Objects are content-addressed: a link that finds the object
+already there keeps it if its size matches (else renames a named copy over it), a rename over
+an existing object replaces it with identical bytes, and a concurrent writer of the same
+object can never observe a missing staging file (the race Nixery had with a shared
 ``staging/<hash>`` name). Reads verify digests.
 
 Durability: like ``nix-store --add``, object contents are not fsynced by default. A crashed
 or killed process never loses data (it is in the page cache, or for ``O_DIRECT`` writes
-already on the device), and the rename makes an object appear whole or not at all. Only a
+already on the device), and the link or rename makes an object appear whole or not at all. Only a
 power loss or kernel crash can leave an object truncated or empty under its final name; such
 an object is never trusted: writers re-store any object whose size differs from the one they
 are writing, ``has_blob`` treats an empty file as absent unless it is the empty blob, and
 every read verifies the digest (``store verify`` finds the rest). ``fsync=True`` or
-``OCIBUILD_FSYNC=1`` fsyncs every object before its rename.
+``OCIBUILD_FSYNC=1`` fsyncs every object before its link or rename.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pytest_ocibuild.castore.digest import EMPTY, Digest, hasher
@@ -42,6 +48,10 @@ _HEX = frozenset("0123456789abcdef")
 _LAZY = 1 << 20  # blobs up to this size are buffered before any staging file exists
 _DIRECT_MIN = 64 << 10  # blobs from this size on are written with O_DIRECT (see direct.py)
 _STAGING_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_TMPFILE_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_WRONLY | os.O_CLOEXEC
+# what open(O_TMPFILE) fails with where unsupported: by the filesystem, or by old kernels
+_NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
+_PROC_FD = "/proc/self/fd"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
 
@@ -70,11 +80,16 @@ class LocalStore:
 
     ``fsync`` makes every object durable before its name appears (default: ``fsync_default()``,
     off unless ``OCIBUILD_FSYNC=1``; see the module docstring for what is safe without it).
+    ``tmpfile=False`` always uses named staging files (what filesystems without ``O_TMPFILE``
+    get); ``self.tmpfile`` tells which kind is in use.
     """
 
-    def __init__(self, root: Path | str, *, fsync: bool | None = None) -> None:
+    def __init__(
+        self, root: Path | str, *, fsync: bool | None = None, tmpfile: bool = True
+    ) -> None:
         self.root = Path(root)
         self.fsync = fsync_default() if fsync is None else fsync
+        self.tmpfile = tmpfile and hasattr(os, "O_TMPFILE") and os.path.isdir(_PROC_FD)
         base = os.fspath(self.root)
         self._blobs = os.path.join(base, "blobs")
         self._dirs = os.path.join(base, "directories")
@@ -101,29 +116,75 @@ class LocalStore:
         h = digest.raw.hex()
         return f"{self._dirs}/{h[:2]}/{h}"
 
-    def _staging(self, kind: str) -> tuple[int, str]:
-        """Create a fresh staging file no other writer can share; return (fd, path).
-
-        Names are ``<kind>.<pid>-<random>.<counter>`` (re-randomised after fork) and created
-        with O_EXCL, so two writers can never own the same staging file.
-        """
-        fd, path, _ = self._staging_out(kind, direct=False)
-        return fd, path
-
     def _staging_out(self, kind: str, direct: bool = True) -> tuple[int, str, DirectWriter]:
-        """Like ``_staging``, with a writer that uses O_DIRECT where the filesystem can."""
-        while True:
-            path = f"{self._tmp}/{kind}.{_identity.token}.{next(_identity.counter)}"
+        """Create a fresh staging file no other writer can share; return (fd, path, writer).
+
+        The file is unnamed (``O_TMPFILE``, path ``""``) where the filesystem allows, else named
+        ``<kind>.<pid>-<random>.<counter>`` (re-randomised after fork) and created with O_EXCL.
+        The writer uses O_DIRECT if ``direct`` and the filesystem can.
+        """
+        direct = direct and self._direct
+        if self.tmpfile:
             try:
-                if direct and self._direct:
-                    fd, self._direct = open_direct(path, _STAGING_FLAGS, 0o600)
-                    return fd, path, DirectWriter(fd, self._direct)
-                fd = os.open(path, _STAGING_FLAGS, 0o600)
-                return fd, path, DirectWriter(fd, False)
+                return self._open(self._tmp, _TMPFILE_FLAGS, direct, "")
+            except StoreError as e:
+                if not isinstance(e.__cause__, OSError) or e.__cause__.errno not in _NO_TMPFILE:
+                    raise
+                self.tmpfile = False  # e.g. EOPNOTSUPP: this filesystem has no O_TMPFILE
+        while True:
+            try:
+                return self._open(self._staging_name(kind), _STAGING_FLAGS, direct, None)
             except FileExistsError:  # pragma: no cover - only with a colliding random token
                 continue
-            except OSError as e:
-                raise StoreError(f"{path}: cannot create staging file: {e.strerror}") from e
+
+    def _staging_name(self, kind: str) -> str:
+        return f"{self._tmp}/{kind}.{_identity.token}.{next(_identity.counter)}"
+
+    def _open(
+        self, path: str, flags: int, direct: bool, name: str | None
+    ) -> tuple[int, str, DirectWriter]:
+        """Open a staging file at ``path`` (``name``: what to report, None for ``path``)."""
+        try:
+            if direct:
+                fd, self._direct = open_direct(path, flags, 0o600)
+                return fd, path if name is None else name, DirectWriter(fd, self._direct)
+            fd = os.open(path, flags, 0o600)
+            return fd, path if name is None else name, DirectWriter(fd, False)
+        except FileExistsError:
+            raise
+        except OSError as e:
+            raise StoreError(f"{path}: cannot create staging file: {e.strerror}") from e
+
+    def _seal(self, fd: int, mode: int) -> None:
+        """chmod and (if enabled) fsync a finished staging file."""
+        os.fchmod(fd, mode)
+        if self.fsync:
+            os.fsync(fd)
+
+    def _publish(self, fd: int, staging: str, target: str, size: int) -> None:
+        """Give the sealed staging file ``fd`` (named ``staging``, unnamed if ``""``) the name
+        ``target``; an object of ``size`` bytes already there is kept."""
+        if staging:
+            self._install(staging, target)
+            return
+        src = f"{_PROC_FD}/{fd}"
+        try:
+            try:
+                _link(src, target)
+            except FileNotFoundError:  # first object of its blobs/<2 hex>/ directory
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                _link(src, target)
+        except FileExistsError:
+            if _size(target) == size:
+                return  # the same object, stored before (content addressing)
+            # truncated by a power loss: name our copy and rename it over, atomically
+            staging = self._staging_name("repair")
+            _link(src, staging)
+            try:
+                self._install(staging, target)
+            except BaseException:
+                _unlink_quiet(staging)
+                raise
 
     def _install(self, staging: str, target: str) -> None:
         """Rename a finished staging file to ``target``.
@@ -137,12 +198,22 @@ class LocalStore:
             self._made.add(parent)
         os.rename(staging, target)
 
-    def _finish(self, fd: int, mode: int) -> None:
-        """chmod, fsync (unless disabled) and close a staging file."""
+    def _store_with(self, kind: str, target: str, size: int, direct: bool,
+                    fill: Callable[[DirectWriter], None], mode: int = 0o444) -> None:
+        """Create a staging file, ``fill`` it through its writer, seal and publish it."""
+        fd, staging, out = self._staging_out(kind, direct)
         try:
-            os.fchmod(fd, mode)
-            if self.fsync:
-                os.fsync(fd)
+            try:
+                fill(out)
+                out.close()
+            finally:
+                out.release()
+            self._seal(fd, mode)
+            self._publish(fd, staging, target, size)
+        except BaseException:
+            if staging:
+                _unlink_quiet(staging)
+            raise
         finally:
             os.close(fd)
 
@@ -167,23 +238,11 @@ class LocalStore:
         target = self._blob_file(digest)
         if _present(target, len(data), digest):
             return
-        fd, staging, out = self._staging_out("blob", direct=len(data) >= _DIRECT_MIN)
         try:
-            try:
-                out.write(data)
-                out.close()
-            finally:
-                out.release()
-            self._finish(fd, 0o444)
-            fd = -1
-            self._install(staging, target)
-        except BaseException as e:
-            if fd >= 0:
-                os.close(fd)
-            _unlink_quiet(staging)
-            if isinstance(e, OSError):
-                raise StoreError(f"blob {digest.hex}: cannot store: {e.strerror}") from e
-            raise
+            self._store_with("blob", target, len(data), len(data) >= _DIRECT_MIN,
+                             lambda out: out.write(data))
+        except OSError as e:
+            raise StoreError(f"blob {digest.hex}: cannot store: {e.strerror}") from e
 
     def open_blob(self, digest: Digest) -> io.BufferedReader | None:
         """A buffered reader that verifies the blob's digest when it reaches EOF."""
@@ -211,18 +270,10 @@ class LocalStore:
         twin = plain.with_name(plain.name + ".x")
         if twin.exists():
             return twin
-        fd, staging = self._staging("exec")
-        try:
-            with open(plain, "rb") as src:
-                _copy_fd(src.fileno(), fd)
-            self._finish(fd, 0o555)
-            fd = -1
-            self._install(staging, str(twin))
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            _unlink_quiet(staging)
-            raise
+        with open(plain, "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            self._store_with("exec", str(twin), size, False,
+                             lambda out: _copy_fd(src.fileno(), out.fd), 0o555)
         return twin
 
     def iter_blobs(self) -> Iterator[Digest]:
@@ -254,17 +305,7 @@ class LocalStore:
         target = self._dir_file(digest)
         if _present(target, len(data), digest):
             return digest
-        fd, staging = self._staging("dir")
-        try:
-            _write_all(fd, data)
-            self._finish(fd, 0o444)
-            fd = -1
-            self._install(staging, target)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            _unlink_quiet(staging)
-            raise
+        self._store_with("dir", target, len(data), False, lambda out: out.write(data))
         return digest
 
     def iter_directories(self) -> Iterator[Digest]:
@@ -298,7 +339,7 @@ class _LocalWriter:
             raise ValueError("blob writer already finished")
         self._hash.update(chunk)
         self._size += len(chunk)
-        if self._fd < 0 and len(self._head) + len(chunk) <= _LAZY:
+        if self._out is None and len(self._head) + len(chunk) <= _LAZY:
             self._head += chunk
             return
         try:
@@ -307,7 +348,8 @@ class _LocalWriter:
             self._out.write(chunk)
         except OSError as e:
             self.abort()
-            raise StoreError(f"{self._path}: cannot write blob: {e.strerror}") from e
+            where = self._path or "staging file"
+            raise StoreError(f"{where}: cannot write blob: {e.strerror}") from e
 
     def write_from(self, fd: int) -> int:
         """Append everything left in the file ``fd`` (read straight into the staging file's
@@ -328,7 +370,7 @@ class _LocalWriter:
 
     def _spill(self) -> None:
         """Create the staging file (once) and flush the in-memory head to it."""
-        if self._fd < 0:
+        if self._out is None:
             self._fd, self._path, self._out = self._store._staging_out("blob")
             self._out.write(self._head)
             self._head = bytearray()
@@ -338,7 +380,7 @@ class _LocalWriter:
             raise ValueError("blob writer already finished")
         self._done = True
         digest = Digest(self._hash.digest())
-        if self._fd < 0:  # small: still in memory, no staging file yet
+        if self._out is None:  # small: still in memory, no staging file yet
             head, self._head = self._head, bytearray()
             self._store._put_known(digest, head)
             return digest
@@ -349,9 +391,10 @@ class _LocalWriter:
                 return digest
             assert self._out is not None
             self._out.close()
-            fd, self._fd = self._fd, -1
-            self._store._finish(fd, 0o444)
-            self._store._install(self._path, target)
+            self._store._seal(self._fd, 0o444)
+            self._store._publish(self._fd, self._path, target, self._size)
+            self._path = ""  # published: nothing left to unlink
+            self._cleanup()
         except BaseException as e:
             self._cleanup()
             if isinstance(e, OSError):
@@ -427,10 +470,26 @@ def _present(path: str, size: int | None, digest: Digest) -> bool:
     return actual > 0 or digest == EMPTY
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _size(path: str) -> int:
+    """Size of the file at ``path``, -1 if there is none."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return -1
+
+
+_ROOT_FD: list[int] = []
+
+
+def _link(src: str, target: str) -> None:
+    """``linkat(src, target, AT_SYMLINK_FOLLOW)`` for an absolute ``src``.
+
+    CPython only calls linkat (plain link would link the /proc magic link itself: EXDEV) when
+    given a directory fd; the kernel ignores it for an absolute path, so one of ``/`` serves.
+    """
+    if not _ROOT_FD:  # a racing thread at worst opens a second one
+        _ROOT_FD.append(os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+    os.link(src, target, src_dir_fd=_ROOT_FD[0])
 
 
 def _copy_fd(src: int, dst: int) -> None:

@@ -13,13 +13,15 @@ from pytest_ocibuild.castore.memory import MemoryStore
 from pytest_ocibuild.castore.store import Store
 
 
-@pytest.fixture(params=["memory", "local", "local-nofsync"])
+@pytest.fixture(params=["memory", "local", "local-nofsync", "local-named"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """Each test using this runs once per backend."""
+    """Each test using this runs once per backend (``local-named``: named staging files, what
+    filesystems without O_TMPFILE get)."""
     if request.param == "memory":
         yield MemoryStore()
     else:
-        yield LocalStore(tmp_path / "store", fsync=request.param == "local")
+        yield LocalStore(tmp_path / "store", fsync=request.param == "local",
+                         tmpfile=request.param != "local-named")
 
 
 @pytest.fixture

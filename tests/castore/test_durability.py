@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_ocibuild.castore import local
 from pytest_ocibuild.castore.digest import EMPTY, Digest
 from pytest_ocibuild.castore.direct import ALIGN, BUFFER, DirectWriter, open_direct
 from pytest_ocibuild.castore.ingest import SMALL, _read_small, ingest_path
@@ -153,3 +154,54 @@ def test_new_store_layout_is_complete(tmp_path: Path, first: str | None) -> None
         assert (root / sub).is_dir()
     assert store.put_directory(Directory({})) == EMPTY
     assert put_blob(store, b"x" * 100_000) == Digest.of(b"x" * 100_000)
+
+
+def test_unnamed_staging_with_o_direct(tmp_path: Path) -> None:
+    """O_TMPFILE staging files take O_DIRECT writes where the filesystem does (ext4 here)."""
+    store = LocalStore(tmp_path / "s")
+    data = os.urandom(3 * BUFFER + 5)
+    w = store.blob_writer()
+    w.write(data)
+    assert store.staging_files() == []  # in flight, yet nothing named in tmp/
+    digest = w.commit()
+    assert read_blob(store, digest) == data
+    assert store.tmpfile == hasattr(os, "O_TMPFILE")
+    fd, direct = open_direct(str(tmp_path), os.O_TMPFILE | os.O_WRONLY, 0o600)
+    os.close(fd)
+    assert store._direct == direct
+
+
+def test_refused_o_tmpfile_falls_back_to_named_staging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel refusal of O_TMPFILE (here EINVAL: O_TMPFILE without write access) switches
+    the store to named staging files, and the object is still stored."""
+    monkeypatch.setattr(local, "_TMPFILE_FLAGS", os.O_TMPFILE | os.O_RDONLY)
+    store = LocalStore(tmp_path / "s")
+    assert store.tmpfile
+    for data in (b"small", os.urandom(200_000)):
+        assert read_blob(store, put_blob(store, data)) == data
+        assert not store.tmpfile
+    w = store.blob_writer()
+    w.write(os.urandom(3 << 20))
+    assert len(store.staging_files()) == 1  # named, so purge can find a killed writer's
+    w.abort()
+    assert store.staging_files() == []
+
+
+@pytest.mark.parametrize("tmpfile", [True, False])
+def test_publish_over_truncated_object_repairs_it(tmp_path: Path, tmpfile: bool) -> None:
+    """A writer that finds a truncated object under its name at link time replaces it."""
+    store = LocalStore(tmp_path / "s", tmpfile=tmpfile)
+    data = os.urandom(3 << 20)
+    digest = Digest.of(data)
+    w = store.blob_writer()
+    w.write(data)
+    path = store.blob_path(digest)
+    assert path is None
+    target = tmp_path / "s" / "blobs" / digest.hex[:2] / digest.hex
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data[:100])  # what a power loss may leave
+    assert w.commit() == digest
+    assert read_blob(store, digest) == data
+    assert store.staging_files() == []

@@ -11,6 +11,8 @@ import multiprocessing as mp
 import traceback
 from pathlib import Path
 
+import pytest
+
 from pytest_ocibuild.castore.digest import Digest
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Directory, FileNode, SymlinkNode
@@ -37,10 +39,12 @@ def _directories(digests: list[Digest]) -> list[Directory]:
     return dirs
 
 
-def _worker(root: str, barrier: mp.synchronize.Barrier, results: mp.Queue) -> None:
+def _worker(root: str, tmpfile: bool, barrier: mp.synchronize.Barrier,
+            results: mp.Queue) -> None:
     try:
         barrier.wait(timeout=60)
-        store = LocalStore(Path(root) / "store")  # root creation races too
+        store = LocalStore(Path(root) / "store", tmpfile=tmpfile)  # root creation races too
+        assert store.tmpfile == tmpfile
         blobs = [put_blob(store, p).hex for p in _payloads()]
         digests = [Digest.from_hex(b) for b in blobs]
         dirs = [store.put_directory(d).hex for d in _directories(digests)]
@@ -51,11 +55,12 @@ def _worker(root: str, barrier: mp.synchronize.Barrier, results: mp.Queue) -> No
         results.put(("error", traceback.format_exc(), []))
 
 
-def test_concurrent_writers_same_objects(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["tmpfile", "named"])
+def test_concurrent_writers_same_objects(tmp_path: Path, tmpfile: bool) -> None:
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(WORKERS)
     results = ctx.Queue()
-    args = (str(tmp_path), barrier, results)
+    args = (str(tmp_path), tmpfile, barrier, results)
     procs = [ctx.Process(target=_worker, args=args) for _ in range(WORKERS)]
     for p in procs:
         p.start()
