@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["pytester"]
+# Hypothesis's own plugin is loaded here rather than from its entry point, which pyproject's
+# addopts turn off: it imports all of hypothesis (0.2-0.6 s) at the end of every run, which a
+# run of YAML cases alone does not need; without it, tests here would warn about strategies
+# built at import time.
+pytest_plugins = ["pytester", "_hypothesis_pytestplugin"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
