@@ -14,7 +14,10 @@ an installation would find them; without it, under ``PYTHONDONTWRITEBYTECODE`` e
 compiles every module again, which is not what either timed run is about (``--no-warmup``
 skips it).
 
-Prints both times, the ratio and whether it meets the target (20x). Exit status: 0 if both
+Prints both times, the ratio and whether it meets the target (20x), then the floor: the same
+pytest command collecting an empty directory (interpreter, pytest and its plugins starting and
+stopping), the best ratio any warm run could reach, and the ratio of pytest's own session
+times (collection and tests, without start-up). Exit status: 0 if both
 runs passed, else the first failing pytest exit status. The store and basetemps live in a
 temporary directory removed at the end unless ``--keep``.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                                       "cold", args.cwd)
         warm, warm_rc, warm_sum = run(args.python, args.cases, store, tmp / "warm", extra,
                                       "warm", args.cwd)
+        (tmp / "empty").mkdir()
+        config = ["-c", str(args.cwd / "pyproject.toml"), "--rootdir", str(args.cwd)]
+        floor, _, _ = run(args.python, str(tmp / "empty"), store, tmp / "floor",
+                          [*extra, *config], "empty", args.cwd)
     finally:
         if args.keep:
             print(f"kept {tmp}")
@@ -91,7 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"warm: {warm:8.2f}s   {warm_sum}")
     verdict = "met" if ratio >= TARGET else "NOT met"
     print(f"speed-up: {ratio:.1f}x (target >= {TARGET:g}x: {verdict})")
+    print(f"floor: {floor:8.2f}s   pytest with the same plugins and options collecting nothing;"
+          f" best possible speed-up {cold / floor:.1f}x")
+    in_cold, in_warm = _session_seconds(cold_sum), _session_seconds(warm_sum)
+    if in_cold and in_warm:
+        print(f"in-session (pytest's own 'in N s'): {in_cold:.2f}s / {in_warm:.2f}s = "
+              f"{in_cold / in_warm:.1f}x")
     return cold_rc or warm_rc
+
+
+def _session_seconds(summary: str) -> float | None:
+    """The seconds of pytest's summary line (``50 passed in 0.24s``), if it has them."""
+    match = re.search(r" in ([0-9.]+)s", summary)
+    return float(match.group(1)) if match else None
 
 
 if __name__ == "__main__":
