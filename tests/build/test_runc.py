@@ -202,7 +202,9 @@ def test_keyboard_interrupt_kills_and_cleans_up(runtime: RuncRuntime, run_bundle
     assert runtime.list() == []
 
 
-def test_purge(runtime: RuncRuntime, run_bundle: Runner) -> None:
+def start_sleeper(runtime: RuncRuntime,
+                  run_bundle: Runner) -> tuple[threading.Thread, list[Any], str]:
+    """A ``sleep 100`` build in a thread, once its container exists: (thread, result, id)."""
     result: list[Any] = []
     t = threading.Thread(target=lambda: result.append(run_bundle(sh("sleep 100"))))
     t.start()
@@ -210,6 +212,11 @@ def test_purge(runtime: RuncRuntime, run_bundle: Runner) -> None:
     while not runtime.list() and time.monotonic() < deadline:
         time.sleep(0.05)
     [cid] = runtime.list()
+    return t, result, cid
+
+
+def test_purge(runtime: RuncRuntime, run_bundle: Runner) -> None:
+    t, result, cid = start_sleeper(runtime, run_bundle)
     assert runtime.purge("no-such-prefix") == []
     assert runtime.purge(cid[:12]) == [cid]
     t.join(20)
@@ -219,13 +226,7 @@ def test_purge(runtime: RuncRuntime, run_bundle: Runner) -> None:
 
 
 def test_container_id_in_use_is_not_touched(runtime: RuncRuntime, run_bundle: Runner) -> None:
-    result: list[Any] = []
-    t = threading.Thread(target=lambda: result.append(run_bundle(sh("sleep 100"))))
-    t.start()
-    deadline = time.monotonic() + 20
-    while not runtime.list() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    [cid] = runtime.list()
+    t, result, cid = start_sleeper(runtime, run_bundle)
     try:
         with pytest.raises(BundleError, match="already in use"):
             runtime.run(Path("/nonexistent"), cid, log=Path(os.devnull), timeout=5)
