@@ -8,8 +8,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pytest_ocibuild.build.request import (
     AdditionalFile,
     BuildRequest,
@@ -164,6 +162,8 @@ def load_request(path: Path, *, ingest: HostIngest | None = None) -> BuildReques
         text = path.read_text()
     except OSError as e:
         raise InvalidRequest(f"{path}: cannot read: {e.strerror}") from None
+    import yaml  # here, not at the top: the build path reads records without YAML
+
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
@@ -180,4 +180,6 @@ def dump_request(request: BuildRequest, path: Path) -> None:
     if path.suffix == ".json":
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     else:
+        import yaml
+
         path.write_text(yaml.safe_dump(data, sort_keys=False))

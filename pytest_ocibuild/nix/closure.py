@@ -8,7 +8,6 @@ their Nix registration (NAR hash and size, references, content address), kept on
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import threading
@@ -19,10 +18,9 @@ from typing import Any
 
 from pytest_ocibuild.build.atomic import atomic_write
 from pytest_ocibuild.build.request import node_to_dict
-from pytest_ocibuild.castore.digest import Digest
 from pytest_ocibuild.castore.ingest import ingest_path
 from pytest_ocibuild.castore.nar import nar_hash
-from pytest_ocibuild.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
+from pytest_ocibuild.castore.nodes import DirectoryNode, FileNode, Node
 from pytest_ocibuild.castore.store import Store
 from pytest_ocibuild.errors import NixError
 from pytest_ocibuild.nix.derivation import Derivation, parse_drv
@@ -59,21 +57,14 @@ class PathInfo:
 
 
 def node_from_json(d: Mapping[str, Any]) -> Node:
-    """Inverse of ``node_to_dict`` for the records we write (lighter than the request loader,
-    which brings YAML in)."""
-    kind = d["type"]
-    if kind == "symlink":
-        target = d["target"]
-        return SymlinkNode(target.encode() if isinstance(target, str)
-                           else base64.b64decode(target["base64"], validate=True))
-    digest, size = Digest.parse(str(d["digest"])), d["size"]
-    if not isinstance(size, int) or size < 0:
-        raise ValueError(f"not a size: {size!r}")
-    if kind == "file":
-        return FileNode(digest, size, bool(d.get("executable", False)))
-    if kind == "directory":
-        return DirectoryNode(digest, size)
-    raise ValueError(f"unknown node type {kind!r}")
+    """Inverse of ``node_to_dict`` for the records we write; ValueError if malformed."""
+    from pytest_ocibuild.build.request_io import node_from_dict
+    from pytest_ocibuild.errors import InvalidRequest
+
+    try:
+        return node_from_dict(d, "node")
+    except InvalidRequest as e:
+        raise ValueError(e.message) from None
 
 
 def node_present(store: Store, node: Node) -> bool:

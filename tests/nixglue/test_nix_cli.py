@@ -45,7 +45,7 @@ def test_default_store_dir(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
     assert command.default_store_dir is executor.default_store_dir is locations.default_store_dir
 
 
-def test_node_records_round_trip_without_the_request_loader() -> None:
+def test_node_records_round_trip() -> None:
     nodes = [SymlinkNode(b"../x"), SymlinkNode(b"\xff\xfe"), FileNode(Digest.of(b"a"), 1, True),
              FileNode(Digest.of(b"b"), 2, False), DirectoryNode(Digest.of(b"c"), 3)]
     assert [node_from_json(node_to_dict(n)) for n in nodes] == nodes
