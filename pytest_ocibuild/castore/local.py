@@ -5,19 +5,24 @@ Layout under ``root``::
     blobs/<2 hex>/<64 hex>      blob contents, mode 0444
     blobs/<2 hex>/<64 hex>.x    0555 twin, made on demand by ``blob_path(executable=True)``
     directories/<2 hex>/<64 hex>  canonical proto bytes of a Directory
+    packs/<id>.pack, <id>.idx   small blobs written inside a ``batch()`` (see ``pack.py``)
     tmp/                        staging files, one unique name per writer (fallback only)
 
 Every object is written to its own unnamed staging file (``O_TMPFILE`` in ``tmp/``, same
 filesystem), then linked into place through ``/proc/self/fd`` (``linkat``): one directory
 update per object, and nothing is left behind by a killed writer, since an unlinked inode
 vanishes with its last descriptor. Where ``O_TMPFILE`` is refused (or ``tmpfile=False``) a
-named staging file ``tmp/<kind>.<pid>-<random>.<n>`` is renamed into place instead. Blobs of
-64 KiB or more are written with ``O_DIRECT`` where the filesystem allows (``direct.py``),
-bypassing the page cache. Objects are content-addressed: a link that finds the object
-already there keeps it if its size matches (else renames a named copy over it), a rename over
-an existing object replaces it with identical bytes, and a concurrent writer of the same
-object can never observe a missing staging file (the race Nixery had with a shared
-``staging/<hash>`` name). Reads verify digests.
+named staging file ``tmp/<kind>.<pid>-<random>.<n>`` is renamed into place instead. With
+``direct=True`` (or ``OCIBUILD_DIRECT=1``) blobs of 64 KiB or more are written with
+``O_DIRECT`` where the filesystem allows (``direct.py``), bypassing the page cache: that keeps
+CPU and page cache free, but ties a write to the device's speed, which here (about 650 MB/s)
+made ingesting large files twice as slow as buffered writes, so it is off by default.
+Objects are content-addressed: a link that finds the object already there keeps it if its
+size matches (else renames a named copy over it), a rename over an existing object replaces
+it with identical bytes, and a concurrent writer of the same object can never observe a
+missing staging file (the race Nixery had with a shared ``staging/<hash>`` name). Reads
+verify digests. Inside ``batch()`` small blobs and directories go into packs instead
+(``pack.py``); everything above holds for them too.
 
 Durability: like ``nix-store --add``, object contents are not fsynced by default. A crashed
 or killed process never loses data (it is in the page cache, or for ``O_DIRECT`` writes
@@ -38,10 +43,12 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from pytest_ocibuild.castore.digest import EMPTY, Digest, hasher
 from pytest_ocibuild.castore.direct import DirectWriter, open_direct
 from pytest_ocibuild.castore.nodes import Directory
+from pytest_ocibuild.castore.pack import BLOB, DIRECTORY, Entry, PackIndex, PackWriter, read_entry
 from pytest_ocibuild.errors import StoreError
 
 _HEX = frozenset("0123456789abcdef")
@@ -58,6 +65,11 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 def fsync_default() -> bool:
     """Whether stores fsync objects when not told: ``OCIBUILD_FSYNC=1`` (default off)."""
     return os.environ.get("OCIBUILD_FSYNC", "").strip().lower() in _TRUE
+
+
+def direct_default() -> bool:
+    """Whether stores write large blobs with O_DIRECT when not told: ``OCIBUILD_DIRECT=1``."""
+    return os.environ.get("OCIBUILD_DIRECT", "").strip().lower() in _TRUE
 
 
 class _Identity:
@@ -81,11 +93,13 @@ class LocalStore:
     ``fsync`` makes every object durable before its name appears (default: ``fsync_default()``,
     off unless ``OCIBUILD_FSYNC=1``; see the module docstring for what is safe without it).
     ``tmpfile=False`` always uses named staging files (what filesystems without ``O_TMPFILE``
-    get); ``self.tmpfile`` tells which kind is in use.
+    get); ``self.tmpfile`` tells which kind is in use. ``direct`` writes blobs of 64 KiB or
+    more with O_DIRECT (default: ``direct_default()``, off unless ``OCIBUILD_DIRECT=1``).
     """
 
     def __init__(
-        self, root: Path | str, *, fsync: bool | None = None, tmpfile: bool = True
+        self, root: Path | str, *, fsync: bool | None = None, tmpfile: bool = True,
+        direct: bool | None = None,
     ) -> None:
         self.root = Path(root)
         self.fsync = fsync_default() if fsync is None else fsync
@@ -94,9 +108,11 @@ class LocalStore:
         self._blobs = os.path.join(base, "blobs")
         self._dirs = os.path.join(base, "directories")
         self._tmp = os.path.join(base, "tmp")
+        self._packs_dir = os.path.join(base, "packs")
+        self.packs = PackIndex(self._packs_dir)
         self._made: set[str] = set()
-        self._direct = True  # until the filesystem refuses O_DIRECT
-        subs = (self._blobs, self._dirs, self._tmp)
+        self._direct = direct_default() if direct is None else direct  # off once refused
+        subs = (self._blobs, self._dirs, self._packs_dir, self._tmp)
         if all(os.path.isdir(sub) for sub in subs):
             return
         # idempotent and tolerant of concurrent creators (exist_ok at every level)
@@ -219,13 +235,39 @@ class LocalStore:
 
     # -- blobs -------------------------------------------------------------------------
 
-    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
-        """True if the blob's file is present and plausible (not re-hashed).
+    def has_blob(self, digest: Digest, size: int | None = None, *,
+                 refresh: bool = True) -> bool:
+        """True if the blob is present and plausible (not re-hashed): packed, or as a file.
 
-        With ``size`` the file must have exactly that size; without, an empty file only counts
-        for the empty blob (what a power loss leaves of an unsynced write).
+        With ``size`` it must have exactly that size; without, an empty file only counts for
+        the empty blob (what a power loss leaves of an unsynced write). ``refresh=False``
+        does not look for packs published since this store object last looked.
         """
-        return _present(self._blob_file(digest), size, digest)
+        if self._packed(digest, size, False) or _present(self._blob_file(digest), size, digest):
+            return True
+        return refresh and self._packed(digest, size, True)
+
+    def batch(self) -> PackWriter:
+        """A writer that packs small blobs until it is committed (see ``pack.py``)."""
+        return PackWriter(self)
+
+    def packed(self, digest: Digest) -> Entry | None:
+        """(pack id, offset, size) if the blob is in a pack."""
+        return self.packs.get(digest)
+
+    def _packed(self, digest: Digest, size: int | None, refresh: bool,
+                kind: int = BLOB) -> bool:
+        entry = self.packs.get(digest, kind, refresh=refresh)
+        return entry is not None and (size is None or entry[2] == size)
+
+    def _read_packed(self, digest: Digest, kind: int = BLOB) -> bytes | None:
+        """A packed object's verified bytes, or None if no pack holds it."""
+        entry = self.packs.get(digest, kind)
+        data = None if entry is None else read_entry(self._packs_dir, entry, digest, kind)
+        if data is None and entry is not None and self.packs.refresh():
+            entry = self.packs.get(digest, kind, refresh=False)  # gc removed it: repacked?
+            data = None if entry is None else read_entry(self._packs_dir, entry, digest, kind)
+        return data
 
     def put_bytes(self, data: bytes | bytearray | memoryview) -> Digest:
         """Store a blob held in memory and return its digest (the fast path for small files)."""
@@ -236,7 +278,7 @@ class LocalStore:
     def _put_known(self, digest: Digest, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` (whose digest is ``digest``) unless a file of its size is there."""
         target = self._blob_file(digest)
-        if _present(target, len(data), digest):
+        if self._packed(digest, len(data), False) or _present(target, len(data), digest):
             return
         try:
             self._store_with("blob", target, len(data), len(data) >= _DIRECT_MIN,
@@ -244,12 +286,14 @@ class LocalStore:
         except OSError as e:
             raise StoreError(f"blob {digest.hex}: cannot store: {e.strerror}") from e
 
-    def open_blob(self, digest: Digest) -> io.BufferedReader | None:
-        """A buffered reader that verifies the blob's digest when it reaches EOF."""
+    def open_blob(self, digest: Digest) -> BinaryIO | None:
+        """A buffered reader that verifies the blob's digest when it reaches EOF (a packed
+        blob, which is small, is read and verified at once)."""
         try:
             f = open(self._blob_file(digest), "rb", buffering=0)  # noqa: SIM115
         except FileNotFoundError:
-            return None
+            data = self._read_packed(digest)
+            return None if data is None else io.BytesIO(data)
         return io.BufferedReader(_VerifyingReader(f, digest), buffer_size=1 << 20)
 
     def blob_writer(self) -> _LocalWriter:
@@ -259,12 +303,15 @@ class LocalStore:
         """On-disk path of the blob (for hardlinking), or None if absent.
 
         The plain blob is mode 0444; ``executable=True`` returns a 0555 twin ``<hex>.x``
-        (one inode cannot carry two modes), created on demand race-free. Contents are not
-        re-verified here.
+        (one inode cannot carry two modes), created on demand race-free. A packed blob is
+        unpacked into its file first (verified). Contents of files are not re-verified here.
         """
         plain = Path(self._blob_file(digest))
         if not _present(str(plain), None, digest):
-            return None
+            data = self._read_packed(digest)
+            if data is None:
+                return None
+            self._store_with("blob", str(plain), len(data), False, lambda out: out.write(data))
         if not executable:
             return plain
         twin = plain.with_name(plain.name + ".x")
@@ -277,17 +324,36 @@ class LocalStore:
         return twin
 
     def iter_blobs(self) -> Iterator[Digest]:
-        """Every blob digest present (twins excluded), in no particular order."""
-        yield from _iter_objects(self._blobs)
+        """Every blob digest present, loose or packed (twins excluded), in no particular
+        order."""
+        seen: set[bytes] = set()
+        for digest in _iter_objects(self._blobs):
+            seen.add(digest.raw)
+            yield digest
+        self.packs.refresh()
+        for raw in self.packs.digests():
+            if raw not in seen:
+                yield Digest(raw)
 
     # -- directories -------------------------------------------------------------------
+
+    def has_directory(self, digest: Digest, size: int | None = None, *,
+                      refresh: bool = True) -> bool:
+        """True if the directory is present, packed or as a file (see ``has_blob``)."""
+        if self._packed(digest, size, False, DIRECTORY) or _present(
+                self._dir_file(digest), size, digest):
+            return True
+        return refresh and self._packed(digest, size, True, DIRECTORY)
 
     def get_directory(self, digest: Digest) -> Directory | None:
         try:
             with open(self._dir_file(digest), "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            return None
+            packed = self._read_packed(digest, DIRECTORY)
+            if packed is None:
+                return None
+            data = packed
         actual = Digest.of(data)
         if actual != digest:
             raise StoreError(
@@ -303,14 +369,22 @@ class LocalStore:
         data = directory.encode()
         digest = Digest.of(data)
         target = self._dir_file(digest)
-        if _present(target, len(data), digest):
+        if self._packed(digest, len(data), False, DIRECTORY) or _present(
+                target, len(data), digest):
             return digest
         self._store_with("dir", target, len(data), False, lambda out: out.write(data))
         return digest
 
     def iter_directories(self) -> Iterator[Digest]:
-        """Every directory digest present, in no particular order."""
-        yield from _iter_objects(self._dirs)
+        """Every directory digest present, loose or packed, in no particular order."""
+        seen: set[bytes] = set()
+        for digest in _iter_objects(self._dirs):
+            seen.add(digest.raw)
+            yield digest
+        self.packs.refresh()
+        for raw in self.packs.digests(DIRECTORY):
+            if raw not in seen:
+                yield Digest(raw)
 
     def staging_files(self) -> list[str]:
         """Names currently in ``tmp/`` (leftovers of crashed writers, or writes in flight)."""

@@ -100,20 +100,29 @@ class Directory:
         )
 
     def encode(self) -> bytes:
-        """Canonical proto3 bytes (directories, then files, then symlinks; each sorted)."""
+        """Canonical proto3 bytes (directories, then files, then symlinks; each sorted).
+
+        Names, digests and targets are never empty, so their fields are always present.
+        """
         dirs, files, links = bytearray(), bytearray(), bytearray()
         for name, node in self.entries.items():
-            if isinstance(node, DirectoryNode):
-                msg = _bytes_field(1, name) + _bytes_field(2, node.digest.raw)
-                msg += _varint_field(3, node.size)
-                dirs += _bytes_field(1, msg)
-            elif isinstance(node, FileNode):
-                msg = _bytes_field(1, name) + _bytes_field(2, node.digest.raw)
-                msg += _varint_field(3, node.size) + _varint_field(4, int(node.executable))
-                files += _bytes_field(2, msg)
+            head = b"\x0a" + _varint(len(name)) + name + _DIGEST_TAG
+            if isinstance(node, FileNode):
+                msg = head + node.digest.raw
+                if node.size:
+                    msg += b"\x18" + _varint(node.size)
+                if node.executable:
+                    msg += b"\x20\x01"
+                files += b"\x12" + _varint(len(msg)) + msg
+            elif isinstance(node, DirectoryNode):
+                msg = head + node.digest.raw
+                if node.size:
+                    msg += b"\x18" + _varint(node.size)
+                dirs += b"\x0a" + _varint(len(msg)) + msg
             else:
-                msg = _bytes_field(1, name) + _bytes_field(2, node.target)
-                links += _bytes_field(3, msg)
+                msg = b"\x0a" + _varint(len(name)) + name + b"\x12" + _varint(
+                    len(node.target)) + node.target
+                links += b"\x1a" + _varint(len(msg)) + msg
         return bytes(dirs + files + links)
 
     @property
@@ -174,7 +183,13 @@ class _FrozenDict(dict):  # type: ignore[type-arg]
         return hash(tuple(self.items()))
 
 
+_ONE_BYTE = tuple(bytes([i]) for i in range(128))
+_DIGEST_TAG = b"\x12" + bytes([DIGEST_SIZE])  # field 2, length-delimited, 32 bytes
+
+
 def _varint(n: int) -> bytes:
+    if n < 128:
+        return _ONE_BYTE[n]
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -184,18 +199,6 @@ def _varint(n: int) -> bytes:
         else:
             out.append(b)
             return bytes(out)
-
-
-def _bytes_field(num: int, value: bytes) -> bytes:
-    if not value:
-        return b""
-    return _varint(num << 3 | 2) + _varint(len(value)) + value
-
-
-def _varint_field(num: int, value: int) -> bytes:
-    if not value:
-        return b""
-    return _varint(num << 3) + _varint(value)
 
 
 def _as_bytes(v: object) -> bytes:

@@ -30,6 +30,16 @@ def test_fsync_default_follows_environment(tmp_path: Path, monkeypatch: pytest.M
     assert LocalStore(tmp_path / "d").fsync is False
 
 
+def test_direct_default_follows_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OCIBUILD_DIRECT", raising=False)
+    assert LocalStore(tmp_path / "a")._direct is False
+    monkeypatch.setenv("OCIBUILD_DIRECT", "1")
+    assert LocalStore(tmp_path / "b")._direct is True
+    assert LocalStore(tmp_path / "c", direct=False)._direct is False
+
+
 def _power_loss(path: Path, keep: int = 0) -> None:
     """What a power loss can leave of an unsynced object: its name with a short file."""
     os.chmod(path, 0o644)
@@ -69,10 +79,13 @@ def test_ingest_rewrites_truncated_blobs_and_directories(tmp_path: Path) -> None
     (tree / "big").write_bytes(os.urandom(2 * SMALL + 5))
     store = LocalStore(tmp_path / "s")
     root = ingest_path(store, tree)
-    for digest in store.iter_blobs():
-        _power_loss(Path(store._blob_file(digest)))
-    for digest in store.iter_directories():
-        _power_loss(Path(store._dir_file(digest)))
+    loose = [p for p in (tmp_path / "s").glob("[bd]*/*/*") if p.is_file()]
+    packs = list((tmp_path / "s" / "packs").glob("*.pack"))
+    assert loose and packs  # the big blob is a file; the small one and directories packed
+    for path in loose + packs:
+        _power_loss(path)
+    store = LocalStore(tmp_path / "s")  # the next process after the power loss
+    assert not store.has_blob(Digest.of(b"small file\n"))
     assert ingest_path(store, tree) == root
     for digest in store.iter_blobs():
         assert read_blob(store, digest) is not None  # verified
@@ -150,7 +163,7 @@ def test_new_store_layout_is_complete(tmp_path: Path, first: str | None) -> None
     if first:  # e.g. the result store made the shared tmp/ first
         (root / first).mkdir(parents=True)
     store = LocalStore(root)
-    for sub in ("blobs", "directories", "tmp"):
+    for sub in ("blobs", "directories", "packs", "tmp"):
         assert (root / sub).is_dir()
     assert store.put_directory(Directory({})) == EMPTY
     assert put_blob(store, b"x" * 100_000) == Digest.of(b"x" * 100_000)
@@ -158,7 +171,7 @@ def test_new_store_layout_is_complete(tmp_path: Path, first: str | None) -> None
 
 def test_unnamed_staging_with_o_direct(tmp_path: Path) -> None:
     """O_TMPFILE staging files take O_DIRECT writes where the filesystem does (ext4 here)."""
-    store = LocalStore(tmp_path / "s")
+    store = LocalStore(tmp_path / "s", direct=True)
     data = os.urandom(3 * BUFFER + 5)
     w = store.blob_writer()
     w.write(data)

@@ -13,7 +13,7 @@ import blake3
 import pytest
 
 from pytest_ocibuild.castore.digest import Digest
-from pytest_ocibuild.castore.ingest import export, ingest_path, tree_dict, walk
+from pytest_ocibuild.castore.ingest import INLINE, export, ingest_path, tree_dict, walk
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.memory import MemoryStore
 from pytest_ocibuild.castore.nodes import Directory, DirectoryNode, FileNode, SymlinkNode
@@ -309,3 +309,41 @@ def test_store_failure_in_worker_propagates(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot create staging file"):
         ingest_path(store, root, workers=4)
     assert not any((tmp_path / "s" / "directories").iterdir())
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_large_files_started_ahead_give_the_same_tree(tmp_path: Path) -> None:
+    """Many files of at least INLINE bytes in several directories: the prefetcher starts them
+    on the pool ahead of the walk; the result equals an inline ingest and leaks no fd."""
+    root = tmp_path / "t"
+    for d in range(6):
+        sub = root / f"d{d}" / "deeper"
+        sub.mkdir(parents=True)
+        for i in range(12):
+            (sub.parent / f"large{i}").write_bytes(os.urandom(INLINE + 1000 * i))
+            (sub / f"small{i}").write_bytes(os.urandom(100 * i))
+    expected = ingest_path(MemoryStore(), root, workers=1)
+    fds = _open_fds()
+    for workers in (2, 4):
+        store = LocalStore(tmp_path / f"s{workers}")
+        assert ingest_path(store, root, workers=workers) == expected
+        assert tree_dict(LocalStore(tmp_path / f"s{workers}"), expected) == tree_dict(
+            store, expected)
+    assert _open_fds() == fds
+
+
+def test_failure_among_large_files_leaves_no_fd_or_pack(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    root.mkdir()
+    for i in range(40):
+        (root / f"large{i:02d}").write_bytes(os.urandom(INLINE + i))
+    os.mkfifo(root / "large20-fifo")
+    store = LocalStore(tmp_path / "s")
+    fds = _open_fds()
+    with pytest.raises(StoreError, match="large20-fifo: is a fifo"):
+        ingest_path(store, root, workers=2)
+    assert _open_fds() == fds
+    assert not any((tmp_path / "s" / "packs").iterdir())

@@ -1,0 +1,324 @@
+"""Packs: many small objects in one file, so ingesting a tree makes a few inodes, not one a file.
+
+A ``LocalStore`` keeps the blobs of under ``PACK_MAX`` bytes and the directories that arrive
+inside a batch (``LocalStore.batch()``, which ``ingest_path`` opens for every directory it
+ingests) in packs under ``packs/``::
+
+    <id>.pack   the objects' bytes back to back, mode 0444
+    <id>.idx    MAGIC, entry count (u64), then (kind u8, digest, offset u64, size u64) for
+                each object (kind 0 a blob, 1 a directory's proto bytes), sorted, then the
+                blake3 of all the bytes before it
+
+``id`` is 32 random hex digits. Creating one inode per small file is what dominates ingesting
+source-like trees (ext4 without a journal, as here, also skips every inode freed in the last
+seconds to minutes on each allocation); a pack costs two.
+
+Publication is atomic and ordered: the pack is written to an unnamed staging file and linked
+into place, then its index is written the same way. An index names only data already written,
+so an object is visible exactly when the index listing it exists; a killed writer leaves
+nothing (an unnamed file), and a crash between the two links leaves a ``.pack`` without index,
+which ``gc`` removes after its grace period. Packs are immutable once published; ``gc``
+deletes a pack nothing reaches and rewrites one that is mostly unreachable. An index that
+fails its checksum is ignored (``store verify`` reports it), and entries beyond the end of a
+truncated pack (a power loss without ``fsync``) count as absent, as truncated loose objects do.
+
+Readers load indexes lazily into one dict per store object and look again when the ``packs/``
+directory changed (its mtime, and always while that mtime is under two seconds old, since
+timestamps are coarser than concurrent writers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from pytest_ocibuild.castore.digest import Digest, hasher
+from pytest_ocibuild.errors import StoreError
+
+if TYPE_CHECKING:
+    from pytest_ocibuild.castore.local import LocalStore
+    from pytest_ocibuild.castore.nodes import Directory
+    from pytest_ocibuild.castore.store import BlobWriter
+
+PACK_MAX = 64 << 10  # blobs below this size go into packs
+PACK_LIMIT = 128 << 20  # a writer starts a new pack once its current one holds this much
+FLUSH = 1 << 20  # bytes gathered in memory before one write to the pack file
+MAGIC = b"OCIBPAK1"
+BLOB, DIRECTORY = 0, 1
+KIND_NAMES = ("blob", "directory")
+_ENTRY = struct.Struct("<B32sQQ")
+_COUNT = struct.Struct("<Q")
+_TRAILER = 32
+_FRESH_NS = 2_000_000_000  # a directory mtime this recent may hide a change in the same tick
+
+Entry = tuple[str, int, int]  # (pack id, offset, size)
+Row = tuple[int, bytes, int, int]  # (kind, raw digest, offset, size)
+
+
+def encode_index(rows: list[Row]) -> bytes:
+    """The index bytes for ``rows`` (sorted here)."""
+    body = bytearray(MAGIC)
+    body += _COUNT.pack(len(rows))
+    for row in sorted(rows):
+        body += _ENTRY.pack(*row)
+    body += hasher(body).digest()
+    return bytes(body)
+
+
+def decode_index(data: bytes) -> list[Row]:
+    """Parse index bytes; ValueError names what is wrong."""
+    head = len(MAGIC) + _COUNT.size
+    if len(data) < head + _TRAILER or not data.startswith(MAGIC):
+        raise ValueError("not a pack index")
+    body, trailer = data[:-_TRAILER], data[-_TRAILER:]
+    if hasher(body).digest() != trailer:
+        raise ValueError("index checksum mismatch")
+    (count,) = _COUNT.unpack_from(body, len(MAGIC))
+    if len(body) != head + count * _ENTRY.size:
+        raise ValueError(f"index says {count} entries but holds {len(body) - head} bytes")
+    rows = list(_ENTRY.iter_unpack(body[head:]))
+    if any(row[0] not in (BLOB, DIRECTORY) for row in rows):
+        raise ValueError("index names an unknown kind of object")
+    return rows
+
+
+def is_pack_id(name: str) -> bool:
+    return len(name) == 32 and all(c in "0123456789abcdef" for c in name)
+
+
+class PackIndex:
+    """Where each packed object of one ``packs/`` directory is; loaded lazily, thread-safe."""
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        self._lock = threading.Lock()
+        self._entries: tuple[dict[bytes, Entry], dict[bytes, Entry]] = ({}, {})
+        self._packs: dict[str, list[Row]] = {}
+        self._stamp: tuple[int, int] | None = None
+
+    def get(self, digest: Digest, kind: int = BLOB, *, refresh: bool = True) -> Entry | None:
+        """The entry for ``digest``; with ``refresh``, look for new packs on a miss."""
+        entry = self._entries[kind].get(digest.raw)
+        if entry is None and refresh and self.refresh():
+            entry = self._entries[kind].get(digest.raw)
+        return entry
+
+    def refresh(self) -> bool:
+        """Load the packs published since the last look; True if the directory changed."""
+        try:
+            st = os.stat(self.dir)
+        except FileNotFoundError:
+            return False
+        stamp = (st.st_mtime_ns, st.st_ino)
+        if stamp == self._stamp:
+            return False
+        with self._lock:
+            names = {n[:-4] for n in os.listdir(self.dir) if n.endswith(".idx")}
+            gone = self._packs.keys() - names
+            if gone:  # gc removed packs: rebuild from what is left
+                self._packs = {k: v for k, v in self._packs.items() if k not in gone}
+                self._entries = ({}, {})
+                for pack, rows in self._packs.items():
+                    self._add(pack, rows)
+            for pack in sorted(names - self._packs.keys()):
+                if is_pack_id(pack):
+                    rows = self._load(pack)
+                    self._packs[pack] = rows
+                    self._add(pack, rows)
+            fresh = time.time_ns() - st.st_mtime_ns < _FRESH_NS
+            self._stamp = None if fresh else stamp
+        return True
+
+    def published(self, pack: str, rows: list[Row]) -> None:
+        """Record a pack this process has just published."""
+        with self._lock:
+            self._packs[pack] = rows
+            self._add(pack, rows)
+
+    def packs(self) -> dict[str, list[Row]]:
+        """Every loaded pack's rows (call ``refresh`` first for an up-to-date view)."""
+        return dict(self._packs)
+
+    def digests(self, kind: int = BLOB) -> Iterator[bytes]:
+        """Raw digests of the packed objects of ``kind`` loaded so far."""
+        return iter(list(self._entries[kind]))
+
+    def _add(self, pack: str, rows: list[Row]) -> None:
+        for kind, raw, offset, size in rows:
+            self._entries[kind].setdefault(raw, (pack, offset, size))
+
+    def _load(self, pack: str) -> list[Row]:
+        """A pack's rows that lie within its data file (none if unreadable)."""
+        try:
+            with open(os.path.join(self.dir, pack + ".idx"), "rb") as f:
+                rows = decode_index(f.read())
+            end = os.stat(os.path.join(self.dir, pack + ".pack")).st_size
+        except (OSError, ValueError):
+            return []
+        return [row for row in rows if row[2] + row[3] <= end]
+
+
+def read_entry(directory: str, entry: Entry, digest: Digest, kind: int = BLOB) -> bytes | None:
+    """A packed object's bytes, verified; None if its pack has gone (removed by gc)."""
+    pack, offset, size = entry
+    try:
+        fd = os.open(os.path.join(directory, pack + ".pack"), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        data = os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+    actual = Digest(hasher(data).digest())
+    if actual != digest:
+        raise StoreError(
+            f"{KIND_NAMES[kind]} {digest.hex} (pack {pack}) is corrupt: its contents hash to "
+            f"{actual.hex}",
+            reason="corrupt",
+        )
+    return data
+
+
+class PackWriter:
+    """Collects small blobs and directories into packs for one batch of writes; a context
+    manager.
+
+    Offers what ingestion needs of a store (``put_bytes``, ``blob_writer``,
+    ``put_directory``): new directories and small new blobs are appended to the current pack,
+    larger blobs go to the store as loose objects. Leaving the block normally publishes the
+    packs (``commit``); an exception discards what is unpublished (``abort``). Thread-safe.
+    """
+
+    def __init__(self, store: LocalStore, limit: int = PACK_LIMIT) -> None:
+        self._store = store
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._staging = ""
+        self._buf = bytearray()
+        self._written = 0
+        self._rows: dict[tuple[int, bytes], tuple[int, int]] = {}
+        self._done = False
+        self.published: list[str] = []
+        store.packs.refresh()  # objects packed before are then found without a look each
+
+    def put_bytes(self, data: bytes | bytearray | memoryview) -> Digest:
+        """Store a blob held in memory; return its digest."""
+        if len(data) >= PACK_MAX:
+            return self._store.put_bytes(data)
+        digest = Digest(hasher(data).digest())
+        # packed ones only: a loose copy (stored outside a batch) costs a stat a file to find
+        # and is rare; packing it again only takes its few bytes once more
+        if (BLOB, digest.raw) not in self._rows and not self._store._packed(
+                digest, len(data), False):
+            self._append(BLOB, digest, data)
+        return digest
+
+    def put_directory(self, directory: Directory) -> Digest:
+        data = directory.encode()
+        digest = Digest(hasher(data).digest())
+        if (DIRECTORY, digest.raw) not in self._rows and not self._store.has_directory(
+                digest, len(data), refresh=False):
+            self._append(DIRECTORY, digest, data)
+        return digest
+
+    def blob_writer(self) -> BlobWriter:
+        return self._store.blob_writer()
+
+    def add(self, kind: int, digest: Digest, data: bytes) -> None:
+        """Append an object whose digest is known, even if some pack has it (repacking)."""
+        self._append(kind, digest, data)
+
+    def commit(self) -> list[str]:
+        """Publish what is pending; return the ids of every pack this writer published."""
+        with self._lock:
+            if not self._done:
+                self._done = True
+                try:
+                    self._seal()
+                finally:
+                    self._discard()
+        return self.published
+
+    def abort(self) -> None:
+        with self._lock:
+            self._done = True
+            self._discard()
+
+    def __enter__(self) -> PackWriter:
+        return self
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def _append(self, kind: int, digest: Digest, data: bytes | bytearray | memoryview) -> None:
+        key = (kind, digest.raw)
+        with self._lock:
+            if self._done:
+                raise ValueError("pack writer already finished")
+            if key in self._rows:
+                return
+            try:
+                if self._fd < 0:
+                    self._fd, self._staging, out = self._store._staging_out("pack", False)
+                    out.release()
+                self._rows[key] = (self._written + len(self._buf), len(data))
+                self._buf += data
+                if len(self._buf) >= FLUSH:
+                    self._flush()
+                if self._written >= self._limit:
+                    self._seal()
+            except OSError as e:
+                raise StoreError(f"pack staging file: cannot write: {e.strerror}") from e
+
+    def _flush(self) -> None:
+        view = memoryview(self._buf)
+        while view:
+            n = os.pwrite(self._fd, view, self._written)
+            self._written += n
+            view = view[n:]
+        self._buf = bytearray()
+
+    def _seal(self) -> None:
+        """Publish the current pack (data, then index) and start afresh."""
+        if self._fd < 0:
+            return
+        store = self._store
+        self._flush()
+        rows = [(kind, raw, off, size) for (kind, raw), (off, size) in self._rows.items()]
+        pack = os.urandom(16).hex()
+        target = f"{store._packs_dir}/{pack}"
+        store._seal(self._fd, 0o444)
+        store._publish(self._fd, self._staging, target + ".pack", self._written)
+        self._staging = ""
+        index = encode_index(rows)
+        try:
+            store._store_with("idx", target + ".idx", len(index), False,
+                              lambda out: out.write(index))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target + ".pack")
+            raise
+        store.packs.published(pack, rows)
+        self.published.append(pack)
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._staging:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._staging)
+            self._staging = ""
+        self._buf = bytearray()
+        self._written = 0
+        self._rows = {}
