@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -161,7 +162,9 @@ def _rmtree(path: str) -> None:
     os.rmdir(path)
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
+    """The C library (loaded once: a CDLL costs a dlopen and attribute lookups)."""
     return ctypes.CDLL(None, use_errno=True)
 
 

@@ -33,7 +33,9 @@ container is stopped and every process of it is gone; ``runc delete`` would then
 its cgroups and its state directory ``R/ID`` (it runs poststop hooks and removes Intel RDT groups
 too, which our containers have none of). The reaper does that itself, saving a runc process
 per build, when ``R/ID/state.json`` says there is nothing else to do; otherwise (and whenever
-runc did not start the container, or a step fails) it runs ``delete``.
+runc did not start the container, or a step fails) it runs ``delete``. Either happens after
+the exit answer, so the client's own work (ingesting outputs) overlaps the deletion (removing
+ten cgroup v1 directories took several milliseconds here).
 
 Output: the build's stdin is /dev/null itself. Its stdout and stderr are one pipe each; every
 chunk, as read, goes both to the combined log (in the order the chunks were read) and to the
@@ -147,6 +149,7 @@ class Job:
         self.deleted: bool | None = None
         self.abandoned = False
         self.exit_sent = False
+        self.stopped = False  # the init is reaped: the container may be removed by hand
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         self.sinks = {out_r: out, err_r: err}
@@ -223,17 +226,20 @@ class Job:
                     self.code = 125
         if self.code is None and self.init is not None and self.init in reaped:
             self.code = _status(reaped.pop(self.init))
-            if self.state is not None and remove_stopped(self.state_dir, self.state):
-                self.deleted = True
+            self.stopped = True
         if self.code is None:
             return False
+        if not self.sinks and not self.exit_sent:  # answer first: the client goes on
+            self.exit_sent = True
+            self._answer({"code": self.code, "runc_log": self._runc_log()})
+        if self.stopped and self.deleted is None and self.deleter is None:
+            self.stopped = False  # one try
+            if self.state is not None and remove_stopped(self.state_dir, self.state):
+                self.deleted = True
         if self.deleter is None and self.deleted is None:
             self.deleter = self.reaper.spawn_quiet(self.delete_argv, self.env)
             if self.deleter is None:
                 self.deleted = False
-        if not self.sinks and not self.exit_sent:
-            self.exit_sent = True
-            self._answer({"code": self.code, "runc_log": self._runc_log()})
         if self.deleter is not None and self.deleter in reaped:
             self.deleted = reaped.pop(self.deleter) == 0
             self.deleter = None
