@@ -27,7 +27,14 @@ from pytest_ocibuild.build.results import Record, ResultStore
 from pytest_ocibuild.castore.digest import Digest, hasher
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Directory, DirectoryNode, FileNode, Node
-from pytest_ocibuild.castore.pack import BLOB, KIND_NAMES, PackWriter, decode_index, read_entry
+from pytest_ocibuild.castore.pack import (
+    BLOB,
+    KIND_NAMES,
+    PackWriter,
+    decode_index,
+    is_pack_id,
+    read_entry,
+)
 from pytest_ocibuild.errors import StoreError
 
 GC_LOCK = "gc.lock"
@@ -205,7 +212,7 @@ def _pack_files(root: Path) -> Iterator[tuple[str, Path, Path]]:
         return
     for name in names:
         pack, _, ext = name.rpartition(".")
-        if ext == "pack" and len(pack) == 32:
+        if ext == "pack" and is_pack_id(pack):
             yield pack, base / name, base / f"{pack}.idx"
 
 

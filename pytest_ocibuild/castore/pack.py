@@ -140,10 +140,6 @@ class PackIndex:
             self._packs[pack] = rows
             self._add(pack, rows)
 
-    def packs(self) -> dict[str, list[Row]]:
-        """Every loaded pack's rows (call ``refresh`` first for an up-to-date view)."""
-        return dict(self._packs)
-
     def digests(self, kind: int = BLOB) -> Iterator[bytes]:
         """Raw digests of the packed objects of ``kind`` loaded so far."""
         return iter(list(self._entries[kind]))
