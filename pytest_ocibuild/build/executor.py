@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_ocibuild.build.atomic import file_lock, remove_tree
-from pytest_ocibuild.build.bundle import build_owner, make_bundle, root_skeleton
+from pytest_ocibuild.build.bundle import BundleShell, build_owner, make_bundle, root_skeleton
 from pytest_ocibuild.build.caches import CacheStore
 from pytest_ocibuild.build.ids import IdMaps
 from pytest_ocibuild.build.inputs import InputProvider, open_input_provider
@@ -41,7 +41,7 @@ from pytest_ocibuild.build.results import (
     check_outputs_present,
     result_key,
 )
-from pytest_ocibuild.build.root_pool import RootPool, purge_dead
+from pytest_ocibuild.build.root_pool import SHARED_DIR, RootPool
 from pytest_ocibuild.build.runtime import Runtime, open_runtime
 from pytest_ocibuild.build.slots import Slots
 from pytest_ocibuild.build.spec import host_network_files, make_spec
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     from pytest_ocibuild.build.lifecycle import PurgeReport
 
 CONTAINER_PREFIX = "ocibuild-"  # containers and bundles: ocibuild-<pid>-<n>-<digest12>
-SHARED_DIR = "shared"  # under bundle_root: what bundles share (see bundle.make_bundle)
 CACHEABLE_FAILURES = ("exit-code", "missing-output")
 LOG_TAIL_LINES = 25
 _counter = itertools.count()
@@ -112,6 +111,7 @@ class Executor:
         self._id_maps = id_maps
         self._slots = Slots(self.bundle_root / "slots", self.max_parallel)
         self._roots = RootPool(self.bundle_root / SHARED_DIR)
+        self._shells = RootPool(self.bundle_root / SHARED_DIR, "bundles")
         self._lock = threading.Lock()
 
     @property
@@ -130,11 +130,8 @@ class Executor:
         """Remove what crashed runs left (their containers, mounts, bundles, staging, locks)."""
         from pytest_ocibuild.build.lifecycle import purge
 
-        report = purge(store_root=self.results.root if self.results else None,
-                       bundle_root=self.bundle_root, runtime=self.runtime)
-        # root pools of dead processes: their containers are gone now
-        report.bundles += purge_dead(self.bundle_root / SHARED_DIR)
-        return report
+        return purge(store_root=self.results.root if self.results else None,
+                     bundle_root=self.bundle_root, runtime=self.runtime)
 
     def build(
         self,
@@ -250,12 +247,17 @@ class Executor:
             # a root of an earlier build (kept bundles get their own)
             rootfs = stack.enter_context(self._roots.use(skeleton)) \
                 if skeleton.reusable and not self.keep_bundles else None
+            # with a pooled root, the bundle's directories are reused too (no caches/ links)
+            pooled = rootfs is not None and not request.caches
+            if pooled:
+                bundle_dir = stack.enter_context(self._shells.use(BundleShell.of(request)))
             clones = {c.name: stack.enter_context(self.caches.use(  # type: ignore[union-attr]
                 c.name, owner=build_owner(spec))) for c in request.caches}
             try:
                 layout = make_bundle(request, spec, bundle_dir,
                                      cache_dirs={n: c.path for n, c in clones.items()},
-                                     shared_dir=self.bundle_root / SHARED_DIR, rootfs=rootfs)
+                                     shared_dir=self.bundle_root / SHARED_DIR, rootfs=rootfs,
+                                     reuse=pooled)
                 with self.inputs.provide(self.store, request.inputs, layout.inputs_dir):
                     status = self.runtime.run(bundle_dir, cid, log=log_path, timeout=timeout)
                 if status.timed_out:
@@ -271,7 +273,7 @@ class Executor:
                     )
                 nodes, needles = self._collect(request, layout, log_path)
             finally:
-                if not self.keep_bundles:
+                if not self.keep_bundles and not pooled:
                     remove_tree(bundle_dir)
                 if results is not None:
                     with contextlib.suppress(OSError):

@@ -31,9 +31,9 @@ from pytest_ocibuild.castore.pack import (
     BLOB,
     KIND_NAMES,
     PackWriter,
-    decode_index,
     is_pack_id,
     read_entry,
+    read_index,
 )
 from pytest_ocibuild.errors import StoreError
 
@@ -172,30 +172,26 @@ def _sweep_packs(store: LocalStore, marked: Closure, now: float, grace: float,
     """Delete or rewrite packs older than ``grace`` that hold unmarked objects; bytes freed."""
     keep = ({d.raw for d in marked.blobs}, {d.raw for d in marked.dirs})
     freed = 0
-    for pack, path, index in _pack_files(store.root):
-        if _young(path, now, grace) or (index.exists() and _young(index, now, grace)):
+    for pack, path in _pack_files(store.root):
+        if _young(path, now, grace):
             continue
         try:
-            rows = decode_index(index.read_bytes())
-        except FileNotFoundError:  # a crash between publishing data and index: an orphan
-            rows = []
-        except ValueError:
-            continue  # unreadable index: leave it for `store verify` to report
+            rows = read_index(str(path))[0]
+        except (OSError, ValueError):
+            continue  # unreadable: leave it for `store verify` to report
         live = [r for r in rows if r[1] in keep[r[0]]]
-        if rows and sum(r[3] for r in live) * 2 >= sum(r[3] for r in rows):
+        if sum(r[3] for r in live) * 2 >= sum(r[3] for r in rows) and live:
             continue  # mostly kept: not worth rewriting
-        before = _size(path) + _size(index)
+        before = _size(path)
         if live:
             with PackWriter(store) as out:
                 for kind, raw, offset, size in live:
                     data = read_entry(str(path.parent), (pack, offset, size), Digest(raw), kind)
                     if data is not None:
                         out.add(kind, Digest(raw), data)
-            freed -= sum(_size(path.with_name(p + ".pack")) + _size(path.with_name(p + ".idx"))
-                         for p in out.published)
-        for name in (index, path):  # index first: readers then look elsewhere
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
+            freed -= sum(_size(path.with_name(p + ".pack")) for p in out.published)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # readers holding its entries look again (LocalStore._read_packed)
         freed += before
         dead = [r for r in rows if r[1] not in keep[r[0]]]
         report.blobs_removed += sum(r[0] == BLOB for r in dead)
@@ -203,8 +199,8 @@ def _sweep_packs(store: LocalStore, marked: Closure, now: float, grace: float,
     return freed
 
 
-def _pack_files(root: Path) -> Iterator[tuple[str, Path, Path]]:
-    """(id, data path, index path) of every pack file under ``root/packs``."""
+def _pack_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """(id, path) of every pack file under ``root/packs``."""
     base = Path(root) / "packs"
     try:
         names = sorted(os.listdir(base))
@@ -213,7 +209,7 @@ def _pack_files(root: Path) -> Iterator[tuple[str, Path, Path]]:
     for name in names:
         pack, _, ext = name.rpartition(".")
         if ext == "pack" and is_pack_id(pack):
-            yield pack, base / name, base / f"{pack}.idx"
+            yield pack, base / name
 
 
 def _young(path: Path, now: float, grace: float) -> bool:
@@ -272,9 +268,8 @@ def df(root: Path | str) -> dict[str, dict[str, int]]:
         add("blob-twins" if is_twin else "blobs", path)
     for path, _d, _t in _objects(root / "directories"):
         add("directories", path)
-    for _pack, path, index in _pack_files(root):
+    for _pack, path in _pack_files(root):
         add("packs", path)
-        out["packs"]["bytes"] += _size(index)
     results = ResultStore(root)
     for key in results.record_keys():
         record = results.get(key)
@@ -314,21 +309,16 @@ def _hash_file(path: Path) -> Digest:
     return Digest(h.digest())
 
 
-def _verify_pack(pack: str, path: Path, index: Path, report: VerifyReport) -> None:
-    """Check a pack's index and re-hash every object in it."""
+def _verify_pack(pack: str, path: Path, report: VerifyReport) -> None:
+    """Check a pack's footer and index and re-hash every object in it."""
     try:
-        rows = decode_index(index.read_bytes())
+        rows = read_index(str(path))[0]
     except (OSError, ValueError) as e:
-        why = "no index" if isinstance(e, FileNotFoundError) else str(e)
-        report.corrupt.append(f"pack {pack}: {why}")
+        report.corrupt.append(f"pack {pack}: {e}")
         return
-    end = _size(path)
     for kind, raw, offset, size in rows:
         report.checked += 1
         what = f"{KIND_NAMES[kind]} {raw.hex()} (pack {pack})"
-        if offset + size > end:
-            report.corrupt.append(f"{what}: truncated")
-            continue
         try:
             read_entry(str(path.parent), (pack, offset, size), Digest(raw), kind)
         except StoreError as e:
@@ -356,9 +346,9 @@ def verify(root: Path | str) -> VerifyReport:
             Directory.decode(data)
         except ValueError as e:
             report.corrupt.append(f"directory {digest.hex}: {e}")
-    for pack, path, index in _pack_files(root):
+    for pack, path in _pack_files(root):
         report.checked += 1
-        _verify_pack(pack, path, index, report)
+        _verify_pack(pack, path, report)
     store, results = LocalStore(root), ResultStore(root)
     bad = {line.split()[1].split(":")[0] for line in report.corrupt}
     seen = Closure()

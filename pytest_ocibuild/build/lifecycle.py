@@ -79,8 +79,12 @@ def purge(
     if runtime is not None and hasattr(runtime, "list"):
         report.containers = purge_containers(runtime)
     if bundle_root is not None and Path(bundle_root).is_dir():
+        from pytest_ocibuild.build.root_pool import SHARED_DIR, purge_dead
+
         report.mounts = purge_mounts(Path(bundle_root))
         report.bundles = purge_bundles(Path(bundle_root))
+        # pooled roots and bundle shells of dead processes (their containers are gone now)
+        report.bundles += purge_dead(Path(bundle_root) / SHARED_DIR)
     if store_root is not None and Path(store_root).is_dir():
         root = Path(store_root)
         report.staging = purge_staging(root / "tmp", staging_age)
@@ -120,14 +124,19 @@ def mounts_under(root: Path) -> list[str]:
 
 
 def purge_mounts(bundle_root: Path) -> list[str]:
-    """Detach mounts inside bundle directories of dead processes (deepest first)."""
+    """Detach mounts inside bundle directories of dead processes (deepest first), pooled
+    bundle shells (``shared/bundles-<pid>-<hex>/...``) included."""
     from pytest_ocibuild.build.materialize import unmount
+    from pytest_ocibuild.build.root_pool import pool_pid
 
     base = os.path.realpath(bundle_root)
     done = []
     for point in sorted(set(mounts_under(bundle_root)), key=len, reverse=True):
-        top = os.path.relpath(point, base).split("/", 1)[0]
-        if _dead(top):
+        parts = os.path.relpath(point, base).split("/")
+        pid = owner_pid(parts[0])
+        if pid is None and len(parts) > 2:
+            pid = pool_pid(parts[1])
+        if pid is not None and pid != os.getpid() and not pid_alive(pid):
             with contextlib.suppress(Exception):
                 unmount(point, lazy=True)
             done.append(point)

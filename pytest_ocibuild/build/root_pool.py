@@ -1,13 +1,18 @@
-"""RootPool: root filesystems (bundle ``root/`` skeletons) reused by later builds of a process.
+"""RootPool: directory skeletons (bundle ``root/`` filesystems and bundle shells) reused by
+later builds of a process.
 
 A build's ``/`` is a directory tree (see bundle.RootSkeleton) that the build can change only in
 ``/tmp``: everything else belongs to container root and is not writable by the build user.
 Making it and removing it again costs each build about twenty directory entries, i.e. journal
 updates that stall whenever the file system is busy. So a finished build's root goes back to
 the pool with ``tmp/`` emptied, and the next build with the same skeleton (``key``) takes it.
+Bundle shells (bundle.BundleShell: the bundle, ``inputs/`` and scratch directories) are pooled
+the same way, their scratch directories emptied.
 
-Each root is used by one build at a time, and only by this process: the pool lives in
-``<directory>/roots-<pid>-<random>/`` (one per pool object) and is removed when the pool is
+A skeleton offers ``key``, ``make(path)``, ``mark(path)`` (what to remember of what was made)
+and ``reset(path, mark) -> bool`` (clean up after a build; False: remove it instead). Each
+lent directory is used by one build at a time, and only by this process: the pool lives in
+``<directory>/<kind>-<pid>-<random>/`` (one per pool object) and is removed when the pool is
 garbage collected or the process exits. A process that dies leaves its pool behind;
 ``purge_dead`` removes those of dead processes (after their containers are gone: see
 Executor.purge).
@@ -20,26 +25,40 @@ import itertools
 import os
 import re
 import secrets
-import stat
 import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 from pytest_ocibuild.build.atomic import pid_alive, remove_tree
-from pytest_ocibuild.build.bundle import RootSkeleton
 
-_POOL = re.compile(r"roots-(\d+)-[0-9a-f]+")
-TMP_MODE = 0o1777
+_POOL = re.compile(r"(?:roots|bundles)-(\d+)-[0-9a-f]+")
+SHARED_DIR = "shared"  # under a bundle root: what bundles share, these pools included
+
+
+class Skeleton(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    def make(self, path: Path) -> None: ...
+
+    def mark(self, path: Path) -> Any: ...
+
+    def reset(self, path: Path, made: Any) -> bool: ...
 
 
 class RootPool:
-    """Free roots by skeleton key; ``use`` lends one (made if none is free)."""
+    """Free directories by skeleton key; ``use`` lends one (made if none is free).
 
-    def __init__(self, directory: Path) -> None:
+    ``kind`` names the pool's directory (``roots`` or ``bundles``).
+    """
+
+    def __init__(self, directory: Path, kind: str = "roots") -> None:
         self.directory = Path(directory)
+        self.kind = kind
         self._lock = threading.Lock()
-        self._free: dict[str, list[tuple[Path, os.stat_result]]] = {}
+        self._free: dict[str, list[tuple[Path, Any]]] = {}
         self._n = itertools.count()
         self._pid = -1
         self._pool = self.directory  # set per process by _own
@@ -49,15 +68,15 @@ class RootPool:
         pid = os.getpid()
         if pid != self._pid:
             self._pid, self._free = pid, {}
-            self._pool = self.directory.absolute() / f"roots-{pid}-{secrets.token_hex(4)}"
+            self._pool = self.directory.absolute() / f"{self.kind}-{pid}-{secrets.token_hex(4)}"
             weakref.finalize(self, _remove_pool, self._pool, pid)
         return self._pool
 
     @contextlib.contextmanager
-    def use(self, skeleton: RootSkeleton) -> Iterator[Path]:
-        """A root made by ``skeleton.make``, for one build; back to the pool afterwards.
+    def use(self, skeleton: Skeleton) -> Iterator[Path]:
+        """A directory made by ``skeleton.make``, for one build; back to the pool afterwards.
 
-        If the block raises, the root is removed instead (its container may not be gone).
+        If the block raises, the directory is removed instead (its container may not be gone).
         """
         key = skeleton.key
         with self._lock:
@@ -66,48 +85,36 @@ class RootPool:
             taken = free.pop() if free else None
         if taken is None:
             pool.mkdir(parents=True, exist_ok=True)
-            root = pool / f"{key}-{next(self._n)}"
+            path = pool / f"{key}-{next(self._n)}"
             try:
-                skeleton.make(root)
+                skeleton.make(path)
+                taken = (path, skeleton.mark(path))
             except BaseException:
-                remove_tree(root)
+                remove_tree(path)
                 raise
-            taken = (root, os.lstat(root / "tmp"))
-        root, tmp_stat = taken
+        path, made = taken
         try:
-            yield root
+            yield path
         except BaseException:
-            remove_tree(root)
+            remove_tree(path)
             raise
-        if _reset(root, tmp_stat):
+        if skeleton.reset(path, made):
             with self._lock:
                 if os.getpid() == self._pid:
                     self._free.setdefault(key, []).append(taken)
                     return
-        remove_tree(root)
-
-
-def _reset(root: Path, made: os.stat_result) -> bool:
-    """Empty ``root/tmp`` (the one thing a build can change); False if that did not work."""
-    tmp = root / "tmp"
-    try:
-        with os.scandir(tmp) as it:
-            names = [e.name for e in it]
-        for name in names:
-            remove_tree(tmp / name)
-        st = os.lstat(tmp)
-        if (st.st_ino, st.st_uid, st.st_gid) != (made.st_ino, made.st_uid, made.st_gid) \
-                or not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != TMP_MODE:
-            return False
-        with os.scandir(tmp) as it:
-            return next(it, None) is None
-    except OSError:
-        return False
+        remove_tree(path)
 
 
 def _remove_pool(pool: Path, pid: int) -> None:
     if os.getpid() == pid:  # not in a forked child: the pool is its parent's
         remove_tree(pool)
+
+
+def pool_pid(name: str) -> int | None:
+    """The pid in a pool directory's name (``roots-<pid>-<hex>``), or None for other names."""
+    m = _POOL.fullmatch(name)
+    return int(m.group(1)) if m else None
 
 
 def purge_dead(directory: Path) -> list[str]:

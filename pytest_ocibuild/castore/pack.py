@@ -2,25 +2,25 @@
 
 A ``LocalStore`` keeps the blobs of under ``PACK_MAX`` bytes and the directories that arrive
 inside a batch (``LocalStore.batch()``, which ``ingest_path`` opens for every directory it
-ingests) in packs under ``packs/``::
+ingests) in packs, one file each: ``packs/<id>.pack`` (mode 0444, ``id`` 32 random hex
+digits) holds::
 
-    <id>.pack   the objects' bytes back to back, mode 0444
-    <id>.idx    MAGIC, entry count (u64), then (kind u8, digest, offset u64, size u64) for
-                each object (kind 0 a blob, 1 a directory's proto bytes), sorted, then the
-                blake3 of all the bytes before it
+    the objects' bytes, back to back
+    the index: MAGIC, entry count (u64), then (kind u8, digest, offset u64, size u64) for
+               each object (kind 0 a blob, 1 a directory's proto bytes), sorted, then the
+               blake3 of all the index bytes before it
+    the footer: the index's offset (u64), then MAGIC
 
-``id`` is 32 random hex digits. Creating one inode per small file is what dominates ingesting
-source-like trees (ext4 without a journal, as here, also skips every inode freed in the last
-seconds to minutes on each allocation); a pack costs two.
+Creating one inode per small file is what dominates ingesting source-like trees (ext4 without
+a journal, as here, also skips every inode freed in the last seconds to minutes on each
+allocation); a pack costs one.
 
-Publication is atomic and ordered: the pack is written to an unnamed staging file and linked
-into place, then its index is written the same way. An index names only data already written,
-so an object is visible exactly when the index listing it exists; a killed writer leaves
-nothing (an unnamed file), and a crash between the two links leaves a ``.pack`` without index,
-which ``gc`` removes after its grace period. Packs are immutable once published; ``gc``
-deletes a pack nothing reaches and rewrites one that is mostly unreachable. An index that
-fails its checksum is ignored (``store verify`` reports it), and entries beyond the end of a
-truncated pack (a power loss without ``fsync``) count as absent, as truncated loose objects do.
+Publication is atomic: a pack is written whole to an unnamed staging file and linked into
+place, so its objects become visible together, and a killed writer leaves nothing. Packs are
+immutable once published; ``gc`` deletes a pack nothing reaches and rewrites one that is
+mostly unreachable. A pack whose footer or index does not check out (truncated by a power
+loss without ``fsync``, or damaged) is ignored, its objects absent, and ``store verify``
+reports it.
 
 Readers load indexes lazily into one dict per store object and look again when the ``packs/``
 directory changed (its mtime, and always while that mtime is under two seconds old, since
@@ -68,6 +68,27 @@ def encode_index(rows: list[Row]) -> bytes:
         body += _ENTRY.pack(*row)
     body += hasher(body).digest()
     return bytes(body)
+
+
+_FOOTER = struct.Struct("<Q8s")
+
+
+def read_index(path: str) -> tuple[list[Row], int]:
+    """The rows of the pack file at ``path`` and where its data ends (the index's offset);
+    ValueError names what is wrong with it."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < _FOOTER.size:
+            raise ValueError("too short for a pack (truncated?)")
+        f.seek(size - _FOOTER.size)
+        offset, magic = _FOOTER.unpack(f.read(_FOOTER.size))
+        if magic != MAGIC or offset > size - _FOOTER.size:
+            raise ValueError("no pack footer (truncated?)")
+        f.seek(offset)
+        rows = decode_index(f.read(size - _FOOTER.size - offset))
+    if any(off + n > offset for _k, _d, off, n in rows):
+        raise ValueError("index names bytes beyond the pack's data")
+    return rows, offset
 
 
 def decode_index(data: bytes) -> list[Row]:
@@ -118,7 +139,7 @@ class PackIndex:
         if stamp == self._stamp:
             return False
         with self._lock:
-            names = {n[:-4] for n in os.listdir(self.dir) if n.endswith(".idx")}
+            names = {n[:-5] for n in os.listdir(self.dir) if n.endswith(".pack")}
             gone = self._packs.keys() - names
             if gone:  # gc removed packs: rebuild from what is left
                 self._packs = {k: v for k, v in self._packs.items() if k not in gone}
@@ -149,14 +170,11 @@ class PackIndex:
             self._entries[kind].setdefault(raw, (pack, offset, size))
 
     def _load(self, pack: str) -> list[Row]:
-        """A pack's rows that lie within its data file (none if unreadable)."""
+        """A pack's rows (none if it is unreadable)."""
         try:
-            with open(os.path.join(self.dir, pack + ".idx"), "rb") as f:
-                rows = decode_index(f.read())
-            end = os.stat(os.path.join(self.dir, pack + ".pack")).st_size
+            return read_index(os.path.join(self.dir, pack + ".pack"))[0]
         except (OSError, ValueError):
             return []
-        return [row for row in rows if row[2] + row[3] <= end]
 
 
 def read_entry(directory: str, entry: Entry, digest: Digest, kind: int = BLOB) -> bytes | None:
@@ -284,25 +302,18 @@ class PackWriter:
         self._buf = bytearray()
 
     def _seal(self) -> None:
-        """Publish the current pack (data, then index) and start afresh."""
+        """Append the index and footer, publish the pack and start afresh."""
         if self._fd < 0:
             return
         store = self._store
-        self._flush()
         rows = [(kind, raw, off, size) for (kind, raw), (off, size) in self._rows.items()]
+        offset = self._written + len(self._buf)
+        self._buf += encode_index(rows) + _FOOTER.pack(offset, MAGIC)
+        self._flush()
         pack = os.urandom(16).hex()
-        target = f"{store._packs_dir}/{pack}"
         store._seal(self._fd, 0o444)
-        store._publish(self._fd, self._staging, target + ".pack", self._written)
+        store._publish(self._fd, self._staging, f"{store._packs_dir}/{pack}.pack", self._written)
         self._staging = ""
-        index = encode_index(rows)
-        try:
-            store._store_with("idx", target + ".idx", len(index), False,
-                              lambda out: out.write(index))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(target + ".pack")
-            raise
         store.packs.published(pack, rows)
         self.published.append(pack)
         self._discard()

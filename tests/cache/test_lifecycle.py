@@ -63,14 +63,16 @@ def test_purge_removes_dead_runs_and_keeps_live_ones(tmp_path: Path, root: Path,
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
         if os.geteuid() == 0:  # materialized inputs are a read-only bind mount as root
-            assert any(f"ocibuild-{doomed.pid}-" in m for m in mounts_under(work / "bundles"))
+            assert any(f"-{doomed.pid}-" in m for m in mounts_under(work / "bundles"))
         report = purge(store_root=root, bundle_root=work / "bundles", runtime=runtime)
         left = runtime.list()
         assert [c for c in report.containers if f"-{doomed.pid}-" in c]
         assert len(left) == 1 and left[0].startswith(f"ocibuild-{alive.pid}-")
         assert not [m for m in mounts_under(work / "bundles") if f"-{doomed.pid}-" in m]
-        bundles = sorted(p.name for p in (work / "bundles").glob("ocibuild-*"))
-        assert len(bundles) == 1 and bundles[0].startswith(f"ocibuild-{alive.pid}-")
+        pools = sorted(p.name for p in (work / "bundles" / "shared").glob("bundles-*"))
+        assert len(pools) == 1 and pools[0].startswith(f"bundles-{alive.pid}-")
+        assert not [p for p in (work / "bundles" / "shared").iterdir()
+                    if f"-{doomed.pid}-" in p.name]
     finally:
         alive.kill()
         alive.wait()
@@ -78,6 +80,7 @@ def test_purge_removes_dead_runs_and_keeps_live_ones(tmp_path: Path, root: Path,
     assert runtime.list() == []
     assert mounts_under(work / "bundles") == []
     assert list((work / "bundles").glob("ocibuild-*")) == []
+    assert list((work / "bundles" / "shared").glob("bundles-*")) == []
 
 
 def test_purge_staging_and_locks(tmp_path: Path) -> None:

@@ -177,3 +177,31 @@ def test_ro_path_in_tmp_gets_a_root_of_its_own(executor: Executor, busybox: Node
             f"host\n{ro.name}\n".encode()
     finally:
         shutil.rmtree(ro)
+
+
+def _shells(executor: Executor) -> list[Path]:
+    return sorted((executor.bundle_root / "shared").glob("bundles-*/bundle-*"))
+
+
+SCRATCH_PROBE = ("ls -A /build /work > /tmp/ls; stat -c %a /build /work >> /tmp/ls; "
+                 "cp /tmp/ls out; mkdir /build/d; echo x > /build/d/f; chmod 500 /build/d; "
+                 "echo y > /work/z; chmod 500 /work")
+
+
+def test_builds_never_see_each_others_scratch(executor: Executor, busybox: Node) -> None:
+    """Bundle shells are reused (see bundle.BundleShell): scratch directories come back empty,
+    with their modes, whatever the build before left in them."""
+    request = sh(busybox, SCRATCH_PROBE, scratch_paths=("build", "work"))
+    first, second = (executor.build(request) for _ in range(2))
+    for build in (first, second):
+        assert read_blob(executor.store, build.outputs[0].digest) == \
+            b"/build:\n\n/work:\n700\n755\n"
+    assert len(_shells(executor)) == 1  # the second build reused the first one's
+
+
+def test_a_failed_build_leaves_no_shell_to_reuse(executor: Executor, busybox: Node) -> None:
+    with pytest.raises(BuildFailed):
+        executor.build(sh(busybox, "echo left > /build/junk; exit 3"))
+    assert _shells(executor) == []
+    build = executor.build(sh(busybox, "ls -A /build > /tmp/ls; cp /tmp/ls out"))
+    assert read_blob(executor.store, build.outputs[0].digest) == b""
