@@ -5,7 +5,8 @@ Layout under ``root``::
     blobs/<2 hex>/<64 hex>      blob contents, mode 0444
     blobs/<2 hex>/<64 hex>.x    0555 twin, made on demand by ``blob_path(executable=True)``
     directories/<2 hex>/<64 hex>  canonical proto bytes of a Directory
-    packs/<id>.pack, <id>.idx   small blobs written inside a ``batch()`` (see ``pack.py``)
+    packs/<id>.pack             small blobs and directories written inside a ``batch()``, with
+                                their index (see ``pack.py``)
     tmp/                        staging files, one unique name per writer (fallback only)
 
 Every object is written to its own unnamed staging file (``O_TMPFILE`` in ``tmp/``, same
