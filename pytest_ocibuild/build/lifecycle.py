@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from pytest_ocibuild.build.atomic import (
 
 CONTAINER_PREFIX = "ocibuild-"
 STAGING_MAX_AGE = 24 * 3600.0  # seconds; staging files of live writers older than this go too
+CREATING_WAIT = 10.0  # seconds purge waits for containers still being created or deleted
+CREATING_AGE = 60.0  # seconds; a dead owner's state directory older than this is not waited on
 _OWNED = re.compile(r"ocibuild-(\d+)-.+")
 _ESCAPE = re.compile(rb"\\([0-7]{3})")
 
@@ -96,12 +99,19 @@ def purge(
     return report
 
 
-def purge_containers(runtime: Any) -> list[str]:
-    """Kill and delete our containers whose creating process is gone."""
-    gone = []
-    for cid in runtime.list():
-        if _dead(cid):
-            gone += runtime.purge(cid)
+def purge_containers(runtime: Any, wait: float = CREATING_WAIT) -> list[str]:
+    """Kill and delete our containers whose creating process is gone.
+
+    A killed client's reaper lives on while it has jobs, and may still be creating a container
+    (runc makes ``<state>/<id>/`` first, and is listed some 20 ms later) or deleting one: while
+    a state directory of a dead owner younger than ``CREATING_AGE`` is left, look again (for
+    at most ``wait`` seconds).
+    """
+    gone = _purge_dead_owners(runtime)
+    deadline = time.monotonic() + wait
+    while _dead_owner_states(runtime) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        gone += _purge_dead_owners(runtime)
     state = getattr(runtime, "state_dir", None)
     if state is not None and Path(state).is_dir():
         for entry in Path(state).iterdir():
@@ -109,6 +119,30 @@ def purge_containers(runtime: Any) -> list[str]:
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()
     return gone
+
+
+def _purge_dead_owners(runtime: Any) -> list[str]:
+    gone = []
+    for cid in runtime.list():
+        if _dead(cid):
+            gone += runtime.purge(cid)
+    return gone
+
+
+def _dead_owner_states(runtime: Any) -> list[str]:
+    """Recent container state directories (``<state>/<id>/``) of processes that are gone."""
+    state = getattr(runtime, "state_dir", None)
+    found = []
+    now = time.time()
+    try:
+        with os.scandir(state) if state is not None else contextlib.nullcontext([]) as it:
+            for entry in it:
+                if _dead(entry.name) and entry.is_dir(follow_symlinks=False) \
+                        and now - entry.stat(follow_symlinks=False).st_mtime < CREATING_AGE:
+                    found.append(entry.name)
+    except OSError:
+        return []
+    return found
 
 
 def mounts_under(root: Path) -> list[str]:

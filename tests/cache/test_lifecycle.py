@@ -239,3 +239,42 @@ def test_open_executor_purges_on_start(tmp_path: Path,
     (bundle / "inputs").mkdir(parents=True)
     open_executor(store=tmp_path / "s", bundle_root=tmp_path / "b")
     assert not leftover.exists() and not bundle.exists()
+
+
+class _CreatingRuntime:
+    """A stand-in for runc while a dead client's reaper still creates its container: the
+    state directory exists, ``list`` does not show it yet; after ``ready`` looks it does, and
+    ``purge`` deletes it. (Real runc purges are covered by the crash tests.)"""
+
+    def __init__(self, state_dir: Path, cid: str, ready: int) -> None:
+        self.state_dir, self.cid, self.ready, self.looks = state_dir, cid, ready, 0
+        (state_dir / cid).mkdir(parents=True)
+
+    def list(self) -> list[str]:
+        self.looks += 1
+        return [self.cid] if self.looks > self.ready and (self.state_dir / self.cid).exists() \
+            else []
+
+    def purge(self, prefix: str) -> list[str]:
+        os.rmdir(self.state_dir / prefix)
+        return [prefix]
+
+
+def test_purge_waits_for_a_container_still_being_created(tmp_path: Path) -> None:
+    from pytest_ocibuild.build.lifecycle import purge_containers
+
+    cid = f"ocibuild-{dead_pid()}-0-abcdef012345"
+    runtime = _CreatingRuntime(tmp_path / "state", cid, ready=3)
+    assert purge_containers(runtime, wait=5.0) == [cid]
+    assert not (tmp_path / "state" / cid).exists()
+
+
+def test_purge_does_not_wait_on_stale_or_live_state(tmp_path: Path) -> None:
+    from pytest_ocibuild.build.lifecycle import purge_containers
+
+    stale = _CreatingRuntime(tmp_path / "a", f"ocibuild-{dead_pid()}-0-abcdef012345", ready=99)
+    os.utime(stale.state_dir / stale.cid, (1, 1))  # left by a crash long ago: not in creation
+    live = _CreatingRuntime(tmp_path / "b", f"ocibuild-{os.getpid()}-0-abcdef012345", ready=99)
+    start = time.monotonic()
+    assert purge_containers(stale, wait=5.0) == [] and purge_containers(live, wait=5.0) == []
+    assert time.monotonic() - start < 1.0
