@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 PACK_MAX = 64 << 10  # blobs below this size go into packs
 PACK_LIMIT = 128 << 20  # a writer starts a new pack once its current one holds this much
+PACK_ENTRIES = 1 << 16  # ... or this many objects (bounds a writer's memory on tiny files)
 FLUSH = 1 << 20  # bytes gathered in memory before one write to the pack file
 MAGIC = b"OCIBPAK1"
 BLOB, DIRECTORY = 0, 1
@@ -208,9 +209,11 @@ class PackWriter:
     packs (``commit``); an exception discards what is unpublished (``abort``). Thread-safe.
     """
 
-    def __init__(self, store: LocalStore, limit: int = PACK_LIMIT) -> None:
+    def __init__(self, store: LocalStore, limit: int = PACK_LIMIT,
+                 entries: int = PACK_ENTRIES) -> None:
         self._store = store
         self._limit = limit
+        self._entries = entries
         self._lock = threading.Lock()
         self._fd = -1
         self._staging = ""
@@ -288,7 +291,7 @@ class PackWriter:
                 self._buf += data
                 if len(self._buf) >= FLUSH:
                     self._flush()
-                if self._written >= self._limit:
+                if self._written >= self._limit or len(self._rows) >= self._entries:
                     self._seal()
             except OSError as e:
                 raise StoreError(f"pack staging file: cannot write: {e.strerror}") from e

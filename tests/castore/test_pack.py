@@ -175,6 +175,16 @@ def test_writer_starts_a_new_pack_at_its_limit_and_threads_share_it(tmp_path: Pa
     assert verify(store.root).ok
 
 
+def test_writer_starts_a_new_pack_at_its_entry_limit(tmp_path: Path) -> None:
+    """Tiny files never reach the byte limit: the entry limit bounds a writer's memory."""
+    store = LocalStore(tmp_path / "s")
+    with PackWriter(store, entries=100) as w:
+        for i in range(250):
+            w.put_bytes(b"%d" % i)
+    assert len(w.published) == 3
+    assert all(LocalStore(tmp_path / "s").has_blob(Digest.of(b"%d" % i)) for i in range(250))
+
+
 def _age(store: LocalStore) -> None:
     for p in _packs(store):
         os.utime(p, (1, 1))
