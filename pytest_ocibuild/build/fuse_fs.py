@@ -62,6 +62,7 @@ class InputsFS:
         self.report_fd = -1
         self.reported = 0
         self._blob_path = getattr(store, "blob_path", None)
+        self._packed = getattr(store, "packed", None)  # packed blobs are read from their pack
         self._fetch_lock = threading.Lock()
         self._handles: dict[int, Handle] = {}
         self._ids = itertools.count(1)
@@ -169,7 +170,8 @@ class InputsFS:
             raise self._err(errno.EROFS)
         if node.size == 0:
             handle = Handle(node.digest)
-        elif self._blob_path is not None:
+        elif self._blob_path is not None and not (
+                self._packed is not None and self._packed(node.digest) is not None):
             blob = self._blob_path(node.digest)
             if blob is None:
                 raise self._fail(f"{path}: blob {node.digest} missing from the store")

@@ -576,3 +576,30 @@ with FuseInputs().provide(store, {{"t": put_tree(store, {{"f": b"x"}})}}, at):
     finally:
         caller.kill()
         caller.wait()
+
+
+def test_packed_inputs_are_served_from_their_packs(
+    provider: InputProvider, tmp_path: Path, inputs_dir: Path
+) -> None:
+    """An ingested tree's small files live in a pack: FUSE reads them from it; materialize
+    unpacks each into a blob file once (to hardlink it) and then reuses it."""
+    from pytest_ocibuild.castore.ingest import ingest_path
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"packed a\n")
+    (src / "sub" / "b.txt").write_bytes(b"packed b\n")
+    store = LocalStore(tmp_path / "s")
+    tree = ingest_path(store, src)
+    blobs = store.root / "blobs"
+    assert not [p for p in blobs.rglob("*") if p.is_file()]  # everything is packed
+    for _ in range(2):
+        with provider.provide(store, {"t": tree}, inputs_dir):
+            assert (inputs_dir / "t" / "a.txt").read_bytes() == b"packed a\n"
+            assert (inputs_dir / "t" / "sub" / "b.txt").read_bytes() == b"packed b\n"
+        assert_clean(inputs_dir)
+    loose = sorted(p.name for p in blobs.rglob("*") if p.is_file())
+    if isinstance(provider, FuseInputs):
+        assert loose == []
+    else:
+        assert loose == sorted(Digest.of(d).hex for d in (b"packed a\n", b"packed b\n"))
