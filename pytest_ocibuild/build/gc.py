@@ -29,6 +29,7 @@ from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Directory, DirectoryNode, FileNode, Node
 from pytest_ocibuild.castore.pack import (
     BLOB,
+    DIRECTORY,
     KIND_NAMES,
     PackWriter,
     is_pack_id,
@@ -105,7 +106,7 @@ def add_closure(store: LocalStore, nodes: Iterable[Node], into: Closure) -> Clos
                 into.missing.append(f"directory {node.digest.hex}")
                 continue
             into.size += _size(_obj(store.root, "directories", node.digest))
-            packed = store.packs.get(node.digest, 1, refresh=False)
+            packed = store.packs.get(node.digest, DIRECTORY, refresh=False)
             into.size += packed[2] if packed else 0
             stack.extend(d.entries.values())
     return into
@@ -184,9 +185,9 @@ def _sweep_packs(store: LocalStore, marked: Closure, now: float, grace: float,
             continue  # mostly kept: not worth rewriting
         before = _size(path)
         if live:
-            with PackWriter(store) as out:
+            with open(path, "rb") as f, PackWriter(store) as out:
                 for kind, raw, offset, size in live:
-                    data = read_entry(str(path.parent), (pack, offset, size), Digest(raw), kind)
+                    data = read_entry("", (pack, offset, size), Digest(raw), kind, f.fileno())
                     if data is not None:
                         out.add(kind, Digest(raw), data)
             freed -= sum(_size(path.with_name(p + ".pack")) for p in out.published)
@@ -316,13 +317,14 @@ def _verify_pack(pack: str, path: Path, report: VerifyReport) -> None:
     except (OSError, ValueError) as e:
         report.corrupt.append(f"pack {pack}: {e}")
         return
-    for kind, raw, offset, size in rows:
-        report.checked += 1
-        what = f"{KIND_NAMES[kind]} {raw.hex()} (pack {pack})"
-        try:
-            read_entry(str(path.parent), (pack, offset, size), Digest(raw), kind)
-        except StoreError as e:
-            report.corrupt.append(f"{what}: {str(e).split(': ', 1)[-1]}")
+    with open(path, "rb") as f:
+        for kind, raw, offset, size in rows:
+            report.checked += 1
+            what = f"{KIND_NAMES[kind]} {raw.hex()} (pack {pack})"
+            try:
+                read_entry("", (pack, offset, size), Digest(raw), kind, f.fileno())
+            except StoreError as e:
+                report.corrupt.append(f"{what}: {str(e).split(': ', 1)[-1]}")
 
 
 def verify(root: Path | str) -> VerifyReport:

@@ -132,10 +132,12 @@ def _purge_dead_owners(runtime: Any) -> list[str]:
 def _dead_owner_states(runtime: Any) -> list[str]:
     """Recent container state directories (``<state>/<id>/``) of processes that are gone."""
     state = getattr(runtime, "state_dir", None)
+    if state is None:
+        return []
     found = []
     now = time.time()
     try:
-        with os.scandir(state) if state is not None else contextlib.nullcontext([]) as it:
+        with os.scandir(state) as it:
             for entry in it:
                 if _dead(entry.name) and entry.is_dir(follow_symlinks=False) \
                         and now - entry.stat(follow_symlinks=False).st_mtime < CREATING_AGE:

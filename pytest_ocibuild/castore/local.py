@@ -327,12 +327,16 @@ class LocalStore:
     def iter_blobs(self) -> Iterator[Digest]:
         """Every blob digest present, loose or packed (twins excluded), in no particular
         order."""
+        return self._iter_kind(self._blobs, BLOB)
+
+    def _iter_kind(self, base: str, kind: int) -> Iterator[Digest]:
+        """Loose objects under ``base``, then packed objects of ``kind`` not seen loose."""
         seen: set[bytes] = set()
-        for digest in _iter_objects(self._blobs):
+        for digest in _iter_objects(base):
             seen.add(digest.raw)
             yield digest
         self.packs.refresh()
-        for raw in self.packs.digests():
+        for raw in self.packs.digests(kind):
             if raw not in seen:
                 yield Digest(raw)
 
@@ -378,14 +382,7 @@ class LocalStore:
 
     def iter_directories(self) -> Iterator[Digest]:
         """Every directory digest present, loose or packed, in no particular order."""
-        seen: set[bytes] = set()
-        for digest in _iter_objects(self._dirs):
-            seen.add(digest.raw)
-            yield digest
-        self.packs.refresh()
-        for raw in self.packs.digests(DIRECTORY):
-            if raw not in seen:
-                yield Digest(raw)
+        return self._iter_kind(self._dirs, DIRECTORY)
 
     def staging_files(self) -> list[str]:
         """Names currently in ``tmp/`` (leftovers of crashed writers, or writes in flight)."""

@@ -178,17 +178,25 @@ class PackIndex:
             return []
 
 
-def read_entry(directory: str, entry: Entry, digest: Digest, kind: int = BLOB) -> bytes | None:
-    """A packed object's bytes, verified; None if its pack has gone (removed by gc)."""
+def read_entry(directory: str, entry: Entry, digest: Digest, kind: int = BLOB,
+               fd: int | None = None) -> bytes | None:
+    """A packed object's bytes, verified; None if its pack has gone (removed by gc).
+
+    ``fd``: the pack, already open (callers reading many of its objects).
+    """
     pack, offset, size = entry
-    try:
-        fd = os.open(os.path.join(directory, pack + ".pack"), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
+    own = fd is None
+    if own:
+        try:
+            fd = os.open(os.path.join(directory, pack + ".pack"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+    assert fd is not None
     try:
         data = os.pread(fd, size, offset)
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
     actual = Digest(hasher(data).digest())
     if actual != digest:
         raise StoreError(
