@@ -35,6 +35,7 @@ from typing import Any
 import blake3
 
 from pytest_ocibuild.build.atomic import remove_tree
+from pytest_ocibuild.build.beneath import Confined, open_beneath
 from pytest_ocibuild.build.ids import BUILD_GID, BUILD_UID
 from pytest_ocibuild.build.request import BuildRequest, is_path_prefix
 from pytest_ocibuild.castore.nodes import FileNode, SymlinkNode
@@ -118,8 +119,18 @@ class BundleLayout:
         return base / rest if rest else base
 
     def output_host_path(self, output: str) -> Path:
-        """Where output ``output`` (an element of ``request.outputs``) appears on the host."""
+        """Where output ``output`` (an element of ``request.outputs``) appears on the host.
+
+        Only for showing a path: read what the build wrote through ``open_output``, which
+        follows no symlink the build made."""
         return self.host_path(output)
+
+    def open_output(self, output: str) -> contextlib.AbstractContextManager[Confined | None]:
+        """Output ``output`` reached beneath its scratch directory (see build.beneath)."""
+        found = find_path_in_scratch(output, self.request.scratch_paths)
+        if found is None:
+            raise BundleError(f"{output!r} is not inside any scratch path")
+        return open_beneath(self.scratch_dir(found[0]), found[1], output=output)
 
 
 def make_bundle(

@@ -27,12 +27,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_ocibuild.build.atomic import file_lock, remove_tree
-from pytest_ocibuild.build.bundle import BundleShell, build_owner, make_bundle, root_skeleton
+from pytest_ocibuild.build.bundle import (
+    BundleLayout,
+    BundleShell,
+    build_owner,
+    make_bundle,
+    root_skeleton,
+)
 from pytest_ocibuild.build.caches import CacheStore
 from pytest_ocibuild.build.ids import IdMaps
 from pytest_ocibuild.build.inputs import InputProvider, open_input_provider
 from pytest_ocibuild.build.locations import default_store_dir
-from pytest_ocibuild.build.refscan import scan_path
+from pytest_ocibuild.build.refscan import scan_node
 from pytest_ocibuild.build.request import STREAMS, Build, BuildRequest
 from pytest_ocibuild.build.results import (
     CacheStats,
@@ -286,21 +292,29 @@ class Executor:
         )
 
     def _collect(
-        self, request: BuildRequest, layout: object, log_path: Path
+        self, request: BuildRequest, layout: BundleLayout, log_path: Path
     ) -> tuple[tuple[Node, ...], tuple[tuple[int, ...], ...]]:
-        """Ingest every output and scan it for the request's needles."""
+        """Ingest every output, reached without following the build's symlinks, and scan
+        what was stored (not the host tree again) for the request's needles."""
         needles = [n.encode() for n in request.refscan_needles]
         nodes: list[Node] = []
         found: list[tuple[int, ...]] = []
         for output in request.outputs:
-            host = layout.output_host_path(output)  # type: ignore[attr-defined]
-            if not os.path.lexists(host):
-                raise BuildFailed(
-                    f"build did not produce output {output!r}",
-                    reason="missing-output", detail=log_tail(log_path), log_path=str(log_path),
-                )
-            nodes.append(ingest_path(self.store, host))
-            found.append(tuple(sorted(scan_path(host, needles))) if needles else ())
+            try:
+                with layout.open_output(output) as entry:
+                    if entry is None:
+                        raise BuildFailed(
+                            f"build did not produce output {output!r}",
+                            reason="missing-output", detail=log_tail(log_path),
+                            log_path=str(log_path),
+                        )
+                    node = ingest_path(self.store, entry.path)
+            except BuildFailed as e:
+                e.log_path = e.log_path or str(log_path)
+                e.detail = e.detail or log_tail(log_path)
+                raise
+            nodes.append(node)
+            found.append(tuple(sorted(scan_node(self.store, node, needles))) if needles else ())
         return tuple(nodes), tuple(found)
 
 
