@@ -58,6 +58,15 @@ rec {
   on-multi-dev = mk "dep-on-multi-dev" "cat ${multi.dev}/out > $out; echo ${multi.dev} >> $out" { };
   # copies multi.out (which mentions lib): lib is found through the closure
   on-multi-out = mk "dep-on-multi-out" "cat ${multi} > $out" { };
+  # a dependency whose output refers to its own builtins.toFile source: that source is in
+  # the closure of the input without being an input source here
+  on-sources = mk "dep-on-sources" "cat ${sources} > $out" { };
+  # a .drv file as a plain source (unsafeDiscardOutputDependency): the .drv and its closure
+  # are inputs, the outputs are not built
+  drv-source = mk "dep-drv-source" ''
+    echo ${builtins.unsafeDiscardOutputDependency c.drvPath} > $out
+    test -e ${builtins.unsafeDiscardOutputDependency c.drvPath}
+  '' { };
   # a fixed output as input (its path does not depend on the builder)
   on-fixed = mk "dep-on-fixed" "cat ${fixed.flat-sha256} > $out; echo ${fixed.rec-sha256} >> $out" { };
 }

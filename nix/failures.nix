@@ -31,6 +31,9 @@ rec {
   # an output that is a FIFO
   fifo = fails "file '/nix/store/[a-z0-9]{32}-fail-fifo/fifo' has an unsupported type"
     (mk "fail-fifo" "mkdir $out; mkfifo $out/fifo" { });
+  # a world-writable output root (Nix 2.8 registerOutputs rejects group/world-writable ones)
+  world-writable = fails "suspicious ownership or permission on '.*-fail-world-writable' for output 'out'; rejecting this build output"
+    (mk "fail-world-writable" "mkdir $out; chmod 777 $out" { });
   # a system this machine is not
   unsupported-system = fails "a 'riscv64-none' with features \\{\\} is required to build ${drv "fail-unsupported-system"}, but I am a '${system}' with features ${features}"
     (derivation { name = "fail-unsupported-system"; system = "riscv64-none"; builder = busybox;

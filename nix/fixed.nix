@@ -8,7 +8,7 @@ let
   fixed = name: attrs: mk name hello attrs;
   zero256 = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 in
-{
+rec {
   flat-sha256 = fixed "fixed-flat-sha256" { outputHashMode = "flat"; outputHashAlgo = "sha256";
     outputHash = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"; };
   flat-sha256-base64 = fixed "fixed-flat-sha256-base64" { outputHashAlgo = "sha256";
@@ -27,6 +27,10 @@ in
     "sha512-58IrmUxZ2c8rSOVJseJGZmNgRZMNPafBrLKZ0cO3+TH5Sq5B7dosKyB6NuEPi8uNRSI+VIePWzFufOO2vAGWKQ=="; };
   rec-sha512 = fixed "fixed-rec-sha512" { outputHashMode = "recursive"; outputHashAlgo = "sha512";
     outputHash = "098d9d63b290cc8dff5705019ac0b61fa6ed0b0b1a3d732ef91958c3e5b2d17e8b02b5ed8b01c0526e0e16708adcca96bbf1a906a105927ded24a2236e2a80b0"; };
+  # same name and hash as flat-sha256, a builder that writes something else: its output path
+  # is valid once flat-sha256 (its input) is built, so Nix does not run this builder
+  flat-sha256-valid = mk "fixed-flat-sha256" "test -e ${flat-sha256}; echo other > $out" {
+    outputHash = "sha256-WJG1tSLV3whtD/CxEPvZ0hu0/HFjrzTQgoai6Eb2vgM="; };
   # same name and hash as flat-sha256, another builder: the same output path
   flat-sha256-twin = mk "fixed-flat-sha256" "printf 'hello\\n' > $out" {
     outputHash = "sha256-WJG1tSLV3whtD/CxEPvZ0hu0/HFjrzTQgoai6Eb2vgM="; };

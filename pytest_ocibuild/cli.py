@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     from pytest_ocibuild.nix.command import add_nix_build
 
     add_nix_build(sub, _executor_args)
+    from pytest_ocibuild.image.command import add_image
+
+    add_image(sub, _executor_args)
     return parser
 
 
@@ -87,7 +90,7 @@ def _store_commands(sub: argparse._SubParsersAction) -> None:
     v = ss.add_parser("verify", help="re-hash every object; exit 1 listing corrupt ones")
     v.set_defaults(handler=cmd_store_verify)
     pg = ss.add_parser("purge", help="remove what crashed runs left behind")
-    pg.add_argument("--bundles", type=Path, help="bundle root (default: beside the store)")
+    pg.add_argument("--bundles", type=Path, help="bundle root (default: the per-user one)")
     pg.set_defaults(handler=cmd_store_purge)
     for p in (g, d, v, pg):
         p.add_argument("--store", type=Path)
@@ -261,12 +264,13 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
 
 def cmd_store_purge(args: argparse.Namespace) -> int:
     from pytest_ocibuild.build.lifecycle import purge
+    from pytest_ocibuild.build.locations import bundle_root
     from pytest_ocibuild.build.runtime import open_runtime
 
     root = _store_dir(args)
-    bundles = args.bundles or root.parent / "bundles"
+    bundles = args.bundles or bundle_root()
     report = purge(store_root=root, bundle_root=bundles,
-                   runtime=open_runtime(state_dir=bundles / "runc-state"))
+                   runtime=open_runtime())
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -305,11 +309,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ocibuild: error: {e.message}", file=sys.stderr)
         return 1
     except BAD_INPUT as e:
-        print(f"ocibuild: error: {e.message}", file=sys.stderr)
+        print(f"ocibuild: error: {_naming_input(args, e.message)}", file=sys.stderr)
         return 2
     except OcibuildError as e:
         print(f"ocibuild: error: {e.message}", file=sys.stderr)
         return 1
+    except (RecursionError, UnicodeError) as e:  # hostile input the loaders did not bound: a bug
+        first = (str(e).splitlines() or [""])[0]
+        problem = f"cannot process input ({type(e).__name__}: {first:.200})"
+        print(f"ocibuild: error: {_naming_input(args, problem)}", file=sys.stderr)
+        return 2
+
+
+def _naming_input(args: argparse.Namespace, message: str) -> str:
+    """``message`` as one line, prefixed with the request file (build, spec) if it lacks it."""
+    message = " ".join(message.splitlines()) or "bad input"
+    source = getattr(args, "request", None)
+    if source is None or message.startswith(str(source)):
+        return message
+    return f"{source}: {message}"
 
 
 if __name__ == "__main__":

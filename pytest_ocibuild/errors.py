@@ -70,10 +70,12 @@ class BuildFailed(OcibuildError):
         detail: str = "",
         exit_code: int | None = None,
         log_path: str | None = None,
+        path: str | None = None,
     ) -> None:
         super().__init__(message, reason=reason, detail=detail)
         self.exit_code = exit_code
         self.log_path = log_path
+        self.path = path  # the container path a failure is about (relative), if any
 
 
 class NixError(OcibuildError):

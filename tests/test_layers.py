@@ -1,4 +1,4 @@
-"""The package's layers import one way only: castore <- build <- nix <- plugin / cli."""
+"""The package's layers import one way only: castore <- build <- nix <- image <- plugin / cli."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ ALLOWED = {
     "castore": set(),
     "build": {"castore"},
     "nix": {"castore", "build"},
-    "plugin": {"castore", "build", "nix", "cli", "store_ops"},
+    "image": {"castore", "build", "nix"},
+    "plugin": {"castore", "build", "nix", "image", "cli", "store_ops"},
 }
 
 

@@ -14,8 +14,16 @@ Layout of ``bundle_dir``::
 Scratch directories (and additional files) belong to the host ids that the build user
 (uid 1000, gid 100 in the container) maps to, read from the spec's ``uidMappings`` /
 ``gidMappings``, as Nix's: the working directory mode 0700; a scratch path that is the
-``inputs_dir`` (Nix's ``/nix/store``) 1775, owned by container root and group 100, so the build
+``inputs_dir`` (Nix's ``/nix/store``) 1775, owned by the caller and group 100, so the build
 may add entries but not remove others'; any other scratch path 0755.
+
+Who may enter (see build.ids): the bundle directory is 0700, or 0710 with container root's
+host group when container root is not the caller (runc's init, running as container root,
+must reach ``root/`` to mount it). ``root/`` belongs to the caller and the build group (0750);
+when container root is another id it gets read and search through an ACL entry (as Nix's
+chroot, owned by host root, it then shows as 65534:100 inside), or owns ``root/`` where the
+file system has no ACLs. Clones of persistent caches that earlier builds (other build slots,
+so other host uids) wrote are given to this build's user.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import json
 import os
 import secrets
 import stat
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +45,7 @@ import blake3
 
 from pytest_ocibuild.build.atomic import remove_tree
 from pytest_ocibuild.build.beneath import Confined, open_beneath
-from pytest_ocibuild.build.ids import BUILD_GID, BUILD_UID
+from pytest_ocibuild.build.ids import BUILD_GID, BUILD_UID, is_build_id
 from pytest_ocibuild.build.request import BuildRequest, is_path_prefix
 from pytest_ocibuild.castore.nodes import FileNode, SymlinkNode
 from pytest_ocibuild.errors import BundleError
@@ -180,11 +189,12 @@ class RootSkeleton:
     owner: tuple[int, int]
     etc: tuple[tuple[str, str], ...]
     points: tuple[tuple[str, bool, int | None], ...]  # (path in root, is a file, tmpfs mode)
+    reader: int | None = None  # container root's host uid when it is not ``owner``'s uid
 
     @property
     def key(self) -> str:
-        return blake3.blake3(json.dumps([self.owner, self.etc, self.points]).encode()
-                             ).hexdigest()[:32]
+        return blake3.blake3(json.dumps([self.owner, self.etc, self.points, self.reader]
+                                        ).encode()).hexdigest()[:32]
 
     @property
     def reusable(self) -> bool:
@@ -216,6 +226,8 @@ class RootSkeleton:
         """Create the skeleton at ``root`` (which must not exist)."""
         root.mkdir()
         _chown_or_keep(root, self.owner, 0o750)
+        if self.reader is not None:
+            _let_read(root, self.reader, self.owner)
         (root / "tmp").mkdir()
         os.chmod(root / "tmp", TMP_MODE)
         etc = root / "etc"
@@ -299,8 +311,9 @@ def root_skeleton(request: BuildRequest, spec: dict[str, Any]) -> RootSkeleton:
         etc.append(("nsswitch.conf", ETC_NSSWITCH))
     points = tuple((rel, is_file, mode) for where, _, rel, is_file, mode
                    in _mount_points(layout, spec.get("mounts", [])) if where == "root")
-    return RootSkeleton(owner=(_host_id(spec, "uidMappings", 0), build_owner(spec)[1]),
-                        etc=tuple(etc), points=points)
+    croot = _host_id(spec, "uidMappings", 0)
+    return RootSkeleton(owner=(_caller_or(croot), build_owner(spec)[1]), etc=tuple(etc),
+                        points=points, reader=None if croot == _caller_or(croot) else croot)
 
 
 def build_owner(spec: dict[str, Any]) -> tuple[int, int]:
@@ -321,8 +334,9 @@ def _make(
         if not (reuse and path.is_dir() and not path.is_symlink()):
             path.mkdir()
 
+    _restrict(layout.bundle_dir, _host_id(spec, "gidMappings", 0))
     owner = build_owner(spec)
-    root_owner = (_host_id(spec, "uidMappings", 0), owner[1])
+    root_owner = (_caller_or(_host_id(spec, "uidMappings", 0)), owner[1])
     mkdir(layout.inputs_dir)
     mounts = spec.get("mounts", [])
     points = _mount_points(layout, mounts)
@@ -358,6 +372,7 @@ def _make(
     if request.caches:
         (layout.bundle_dir / "caches").mkdir()
         for c in request.caches:
+            _reown(Path(cache_dirs[c.name]), owner)
             # runc resolves the relative mount source here; the kernel follows the link
             os.symlink(os.path.abspath(cache_dirs[c.name]), layout.bundle_dir / "caches" / c.name)
     # Last, so that a half-made bundle is never mistaken for a finished one.
@@ -408,6 +423,54 @@ def _make_working_dir(layout: BundleLayout, owner: tuple[int, int]) -> None:
         if not cur.exists():
             cur.mkdir()
             _chown(cur, owner, 0o755)
+
+
+def _caller_or(container_root: int) -> int:
+    """Owner of what container root would own: the caller when it runs as root and
+    container root is another id (so that id is no owner of anything), else container root."""
+    return os.geteuid() if os.geteuid() == 0 else container_root
+
+
+def _restrict(bundle_dir: Path, root_gid: int) -> None:
+    """Nobody but the caller may enter ``bundle_dir``; container root's group (when it is
+    not the caller's) may search it, so that runc's init can reach ``root/``."""
+    if root_gid != os.getegid():
+        try:
+            os.chown(bundle_dir, os.geteuid(), root_gid)
+            os.chmod(bundle_dir, 0o710)
+            return
+        except PermissionError:
+            pass
+    os.chmod(bundle_dir, 0o700)
+
+
+_ACL_HEADER = struct.pack("<I", 2)  # POSIX ACL xattr version 2; entries (tag, perm, id)
+_ACL_ANY = 0xFFFFFFFF
+
+
+def _let_read(root: Path, uid: int, owner: tuple[int, int]) -> None:
+    """Give ``uid`` read and search on ``root`` (mode 0750) by an ACL entry, keeping the mode
+    as the build sees it; where the file system has no ACLs, ``uid`` owns ``root``."""
+    entries = ((0x01, 7, _ACL_ANY), (0x02, 5, uid), (0x04, 5, _ACL_ANY), (0x10, 5, _ACL_ANY),
+               (0x20, 0, _ACL_ANY))  # user::rwx user:uid:r-x group::r-x mask::r-x other::---
+    try:
+        os.setxattr(root, "system.posix_acl_access",
+                    _ACL_HEADER + b"".join(struct.pack("<HHI", *e) for e in entries))
+    except OSError:
+        _chown_or_keep(root, (uid, owner[1]), 0o750)
+
+
+def _reown(top: Path, owner: tuple[int, int]) -> None:
+    """Give the entries of a cache clone that other build slots' users own to ``owner``
+    (root only; nothing is followed)."""
+    if os.geteuid() != 0 or not is_build_id(owner[0]):
+        return
+    for dirpath, dirs, files in os.walk(top):
+        for name in (dirpath, *(os.path.join(dirpath, n) for n in (*dirs, *files))):
+            st = os.lstat(name)
+            if (st.st_uid, st.st_gid) != owner and (is_build_id(st.st_uid)
+                                                    or is_build_id(st.st_gid)):
+                os.lchown(name, *owner)
 
 
 def _host_id(spec: dict[str, Any], key: str, container_id: int) -> int:

@@ -17,6 +17,16 @@ orphan tree that ``purge`` removes. Clones are ``cp -a --reflink=auto`` copies: 
 extents where the filesystem has them (btrfs, XFS), full copies elsewhere. Hardlink copies are
 not used: a build writing into a file in place would change the snapshot under everyone.
 Deleting a cache somebody uses raises CacheBusy (OBuilder's ``Busy``).
+
+Snapshots live on the host and are handed to later builds, so a clone is checked before it
+is committed (``rejected_entry``, a walk that follows no symlink): a fifo, socket or device
+node, a setuid file or directory, or a setgid file fails the build with reason
+``output-rejected`` and the clone is discarded. Refused rather than stripped: seccomp already
+refuses these bits (build.seccomp), so one found here means the filter was bypassed, which
+the build's author should see rather than find the cache silently changed. A setgid
+directory is kept: directories inherit the bit from a setgid parent (a setgid store
+directory on the host), and on a directory it only passes the group on. Clones copy no
+extended attributes or ACLs, so none survives into a later build.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +47,8 @@ from pytest_ocibuild.build.atomic import (
     remove_tree,
 )
 from pytest_ocibuild.build.request import CACHE_NAME
-from pytest_ocibuild.errors import InvalidRequest, OcibuildError, StoreError
+from pytest_ocibuild.castore.ingest import file_kind
+from pytest_ocibuild.errors import BuildFailed, InvalidRequest, OcibuildError, StoreError
 
 _SNAP = re.compile(r"snap-(\d+)")
 
@@ -140,6 +152,17 @@ class CacheStore:
             yield CacheClone(self, name, path, gen)
 
     def _commit(self, clone: CacheClone) -> bool:
+        try:
+            found = rejected_entry(clone.path)
+        except OSError as e:
+            raise BuildFailed(f"cache {clone.name!r}: cannot check the clone before committing "
+                              f"it: {e.strerror} (the cache was not updated)",
+                              reason="output-rejected") from e
+        if found is not None:
+            rel, what = found
+            raise BuildFailed(
+                f"cache {clone.name!r}: {rel} is {what}, which a cache may not keep (the "
+                "cache was not updated)", reason="output-rejected")
         base = self._dir(clone.name)
         with file_lock(self._lock(clone.name)):
             gen = self.generation(clone.name)
@@ -227,11 +250,49 @@ def _swap_current(base: Path, target: str) -> None:
 
 def _clone_tree(src: Path, dst: Path) -> None:
     """Copy ``src`` to the new path ``dst`` keeping modes, owners and links (CoW if possible)."""
-    done = subprocess.run(["cp", "-a", "--reflink=auto", "--", str(src), str(dst)],
+    # cp -a without its xattr and context preservation
+    done = subprocess.run(["cp", "-dR", "--preserve=mode,ownership,timestamps,links",
+                           "--reflink=auto", "--", str(src), str(dst)],
                           capture_output=True, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         msg = done.stderr.decode(errors="replace").strip().splitlines()
         raise StoreError(f"cannot clone cache {src}: {msg[-1] if msg else 'cp failed'}")
+
+
+def rejected_entry(root: Path) -> tuple[str, str] | None:
+    """The first entry at or below ``root`` a cache must not keep, as (path relative to
+    ``root``, what it is), or None. Symlinks are looked at, never followed; OSError if a
+    directory cannot be read (then it cannot be vouched for)."""
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        found = _rejected(os.fstat(top).st_mode)
+        if found is not None:
+            return ".", found
+        for dirpath, dirs, files, dir_fd in os.fwalk(".", dir_fd=top, onerror=_raise):
+            for name in (*dirs, *files):
+                mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+                found = _rejected(mode)
+                if found is not None:
+                    return os.path.normpath(os.path.join(dirpath, name)), found
+    finally:
+        os.close(top)
+    return None
+
+
+def _raise(error: OSError) -> None:
+    raise error
+
+
+def _rejected(mode: int) -> str | None:
+    if stat.S_ISLNK(mode):
+        return None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return file_kind(mode)
+    if mode & stat.S_ISUID or (mode & stat.S_ISGID and not stat.S_ISDIR(mode)):
+        what = "setuid" if mode & stat.S_ISUID else "setgid"
+        kind = "a directory" if stat.S_ISDIR(mode) else "a file"
+        return f"{kind} with the {what} bit (mode {stat.S_IMODE(mode):o})"
+    return None
 
 
 def tree_size(path: Path) -> int:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_ocibuild.build import logs
 from pytest_ocibuild.build.atomic import file_lock, remove_tree
 from pytest_ocibuild.build.bundle import (
     BundleLayout,
@@ -37,9 +37,10 @@ from pytest_ocibuild.build.bundle import (
 from pytest_ocibuild.build.caches import CacheStore
 from pytest_ocibuild.build.ids import IdMaps
 from pytest_ocibuild.build.inputs import InputProvider, open_input_provider
+from pytest_ocibuild.build.locations import bundle_root as user_bundle_root
 from pytest_ocibuild.build.locations import default_store_dir
 from pytest_ocibuild.build.refscan import scan_node
-from pytest_ocibuild.build.request import STREAMS, Build, BuildRequest
+from pytest_ocibuild.build.request import Build, BuildRequest
 from pytest_ocibuild.build.results import (
     CacheStats,
     Record,
@@ -51,7 +52,7 @@ from pytest_ocibuild.build.root_pool import SHARED_DIR, RootPool
 from pytest_ocibuild.build.runtime import Runtime, open_runtime
 from pytest_ocibuild.build.slots import Slots
 from pytest_ocibuild.build.spec import host_network_files, make_spec
-from pytest_ocibuild.castore.ingest import ingest_path
+from pytest_ocibuild.castore.ingest import UnsupportedFileType, ingest_path
 from pytest_ocibuild.castore.nodes import Node
 from pytest_ocibuild.castore.store import Store, open_store
 from pytest_ocibuild.errors import BuildFailed, BundleError, RuntimeUnavailable
@@ -205,13 +206,10 @@ class Executor:
         stored = self.results.log_path(key)
         log_path: str | None = str(stored) if stored.exists() else None
         if log is not None:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            for source, target in ((stored, log), *((f"{stored}.{s}", f"{log}.{s}")
-                                                    for s in STREAMS)):
-                try:
-                    shutil.copyfile(source, target)
-                except FileNotFoundError:
-                    Path(target).write_bytes(b"")
+            if log_path is None:
+                logs.create(log)
+            else:
+                logs.keep(stored, log, move=False)
             log_path = str(log)
         self.stats.hit(record.elapsed - (time.monotonic() - start))
         if not record.ok:
@@ -242,10 +240,15 @@ class Executor:
         spec = self.spec(request)
         cid = f"{CONTAINER_PREFIX}{os.getpid()}-{next(_counter)}-{request.digest.hex[:12]}"
         bundle_dir = self.bundle_root / cid
-        log_path = log or self.bundle_root / "logs" / f"{cid}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        for path in (log_path, *(Path(f"{log_path}.{s}") for s in STREAMS)):
-            path.write_bytes(b"")  # the runtime appends: both streams, and each alone
+        # The log is written once: into the result store's staging and then renamed into
+        # place when nobody asked for it elsewhere, else where asked and linked into the store.
+        own = log is None and results is not None
+        if own:
+            log_path = results.new_log()  # type: ignore[union-attr]
+            shown = results.log_path(result_key(request))  # type: ignore[union-attr]
+        else:
+            log_path = shown = log or self.bundle_root / "logs" / f"{cid}.log"
+            logs.create(log_path)
         skeleton = root_skeleton(request, spec)
         with self._slots.acquire(), contextlib.ExitStack() as stack:
             # runc deletes the container while we ingest the outputs and remove the bundle
@@ -269,30 +272,30 @@ class Executor:
                 if status.timed_out:
                     raise BuildFailed(
                         f"build timed out after {timeout:g}s and was killed",
-                        reason="timeout", detail=log_tail(log_path), log_path=str(log_path),
+                        reason="timeout", detail=log_tail(log_path), log_path=str(shown),
                     )
                 if status.code != 0:
                     raise BuildFailed(
                         f"builder failed with exit code {status.code}",
                         reason="exit-code", detail=log_tail(log_path),
-                        exit_code=status.code, log_path=str(log_path),
+                        exit_code=status.code, log_path=str(shown),
                     )
-                nodes, needles = self._collect(request, layout, log_path)
+                nodes, needles = self._collect(request, layout, log_path, shown)
             finally:
                 if not self.keep_bundles and not pooled:
                     remove_tree(bundle_dir)
                 if results is not None:
                     with contextlib.suppress(OSError):
-                        results.save_log(result_key(request), log_path)
+                        results.save_log(result_key(request), log_path, move=own)
             for clone in clones.values():
                 clone.commit()  # the build succeeded: keep its cache unless one moved on
         return Build(
             request=request, outputs=nodes, outputs_needles=needles,
-            exit_code=status.code, duration=status.duration, log_path=str(log_path),
+            exit_code=status.code, duration=status.duration, log_path=str(shown),
         )
 
     def _collect(
-        self, request: BuildRequest, layout: BundleLayout, log_path: Path
+        self, request: BuildRequest, layout: BundleLayout, log_path: Path, shown: Path
     ) -> tuple[tuple[Node, ...], tuple[tuple[int, ...], ...]]:
         """Ingest every output, reached without following the build's symlinks, and scan
         what was stored (not the host tree again) for the request's needles."""
@@ -306,11 +309,19 @@ class Executor:
                         raise BuildFailed(
                             f"build did not produce output {output!r}",
                             reason="missing-output", detail=log_tail(log_path),
-                            log_path=str(log_path),
+                            log_path=str(shown),
                         )
-                    node = ingest_path(self.store, entry.path)
+                    try:
+                        node = ingest_path(self.store, entry.path)
+                    except UnsupportedFileType as e:
+                        rel = os.path.relpath(e.path, entry.path)
+                        where = output if rel == "." else f"{output}/{rel}"
+                        raise BuildFailed(
+                            f"output {output!r}: {where} is {e.kind}, which an output may "
+                            "not hold (only files, directories and symlinks)",
+                            reason="output-rejected", path=where) from e
             except BuildFailed as e:
-                e.log_path = e.log_path or str(log_path)
+                e.log_path = e.log_path or str(shown)
                 e.detail = e.detail or log_tail(log_path)
                 raise
             nodes.append(node)
@@ -340,11 +351,11 @@ def open_executor(
     text = str(store) if store is not None else str(default_store_dir())
     on_disk = not text.startswith("memory://")
     store_dir = Path(text[len("local://"):] if text.startswith("local://") else text)
-    root = bundle_root or (store_dir if on_disk else default_store_dir()).parent / "bundles"
+    root = bundle_root or user_bundle_root()  # per user: a later purge finds it
     executor = Executor(
         open_store(text),
         inputs=open_input_provider(inputs),
-        runtime=open_runtime(runtime, state_dir=root / "runc-state"),
+        runtime=open_runtime(runtime),  # runc state: locations.runtime_state_dir()
         bundle_root=root,
         keep_bundles=keep_bundles,
         timeout=timeout,

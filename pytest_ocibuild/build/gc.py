@@ -159,8 +159,7 @@ def gc(
         for key in list(results.log_keys()):
             log = results.log_path(key)
             if key not in kept and not _young(log, now, grace):
-                report.bytes_freed += _size(log)
-                results.remove(key)
+                report.bytes_freed += results.remove(key)
                 report.logs_removed += 1
         report.blobs_removed, freed_b = _sweep(root / "blobs", marked.blobs, now, grace, True)
         report.dirs_removed, freed_d = _sweep(root / "directories", marked.dirs, now, grace)

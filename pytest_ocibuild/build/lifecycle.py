@@ -7,6 +7,11 @@ xdist workers and parallel sessions sharing a store never lose work in flight. (
 by an unrelated process keeps its leftovers until a later purge; that errs on the safe side.)
 Locks need no owner: the kernel drops a dead holder's flock, and lock files nobody holds are
 deleted. Like OBuilder, which removes leftover containers when it starts.
+
+A client killed alone is cleaned up after by its reaper within seconds (see reaper); what
+``purge`` finds is what is left when the reaper died too (e.g. both were killed). Containers
+are found in the per-user runc state dir and bundles in the per-user bundle root (see
+locations), whatever store or basetemp the run that left them used.
 """
 
 from __future__ import annotations

@@ -1,21 +1,21 @@
 """The reaper: one long-lived helper process that runs ``runc run --detach`` for every build.
 
-Executed as a script (``python -I -S reaper.py CONTROL_FD PERSONALITY``; stdlib only) by
-``reaper_client``, once per client process. ``runc run`` without a terminal pumps the build's
-stdio through pipes of its own; detached, runc hands the container the fds 0-2 we give it as
-they are, but then exits while the container runs. This process therefore is a child subreaper
-(``PR_SET_CHILD_SUBREAPER``): when runc exits, the orphaned container init is reparented here
-and ``waitpid`` gives its exit code or signal. Being long-lived, it saves every build an
-interpreter start.
+Executed as a script (``python -I -S reaper.py CONTROL_FD PERSONALITY [CLIENT_PID [ROOT...]]``;
+stdlib only) by ``reaper_client``, once per client process. ``runc run`` without a terminal
+pumps the build's stdio through pipes of its own; detached, runc hands the container the fds
+0-2 we give it as they are, but then exits while the container runs. This process therefore
+is a child subreaper (``PR_SET_CHILD_SUBREAPER``): when runc exits, the orphaned container
+init is reparented here and ``waitpid`` gives its exit code or signal. Being long-lived, it
+saves every build an interpreter start.
 
 Protocol: ``CONTROL_FD`` is an ``AF_UNIX`` ``SOCK_SEQPACKET`` socket. Each message on it is one
 job: JSON ``{"argv": [runc, "--root", R, "--log", "/proc/self/fd/3", ..., "run", "--detach",
-..., ID], "env": {...}, "state": R/ID, "delete": [runc, ..., "delete", "--force", ID]}`` (runc
-runs with the client's environment of the moment) with four fds
-(SCM_RIGHTS): the job's own channel (a SEQPACKET socket), the combined log, the stdout file and
-the stderr file (all appended to). runc's fd 3 is an anonymous memory file of the reaper's (no
-file to create and remove, and runc's ``O_SYNC`` costs nothing there); what runc logs to it
-comes back in the first answer. The container's init pid is read from runc's
+..., ID], "env": {...}, "state": R/ID, "delete": [runc, ..., "delete", "--force", ID],
+"bundle": B}`` (runc runs with the client's environment of the moment) with four fds
+(SCM_RIGHTS): the job's own channel (a SEQPACKET socket), the combined log, and twice the
+log's runs file (``build.logs``; all appended to). runc's fd 3 is an anonymous memory file
+of the reaper's (no file to create and remove, and runc's ``O_SYNC`` costs nothing there);
+what runc logs to it comes back in the first answer. The container's init pid is read from runc's
 ``R/ID/state.json`` (``init_process_pid``, what ``runc state`` reports) rather than written by
 runc to a ``--pid-file`` (created ``O_SYNC``: a journal commit per build); only a runtime that
 is not runc is given ``--pid-file P`` and the job ``"pid_file": P``.
@@ -23,10 +23,21 @@ is not runc is given ``--pid-file P`` and the job ``"pid_file": P``.
 On the channel the client may send ``kill`` (SIGKILL runc and the container's init). The
 reaper answers twice: ``{"code": N, "runc_log": TEXT}`` once the container's init is reaped and
 both output pipes are at EOF (the log is complete), then ``{"deleted": bool}`` once the
-container is deleted. A job whose client is gone (its channel closed, e.g. the client was
-killed) goes on as it would have, and is reaped and deleted when it ends; a ``purge`` (see
-lifecycle) may kill it before that. EOF on ``CONTROL_FD`` (the client process is gone or
-exiting) makes the reaper exit once it has no job left.
+container is deleted. A job whose channel the client closed while it is alive goes on, and is
+reaped and deleted when it ends. Other messages on ``CONTROL_FD`` (JSON, no fds):
+``{"watch": DIR}`` adds a bundle root to clean up in, ``{"bye": true}`` says the client exits.
+
+Nothing outlives the client. The reaper watches it (``pidfd_open(CLIENT_PID)`` in the event
+loop, and EOF on ``CONTROL_FD`` without a ``bye``): when it dies, by any signal, every job is
+killed (runc and the container's init, SIGKILL) and deleted, then what the client left in its
+bundle roots is removed: every mount below a directory named for the client's pid
+(``ocibuild-<pid>-...`` bundles and per-process roots, ``shared/roots-<pid>-<hex>`` and
+``shared/bundles-<pid>-<hex>`` pools) is detached (``umount2(MNT_DETACH)``; FUSE connections
+aborted first, ``fusermount3 -uz`` when not root), deepest first, and those directories are
+removed. Bundle roots are the ROOT arguments, ``watch`` messages, and the root each job's
+``bundle`` lies in. Then the reaper exits (after at most ``CLEANUP_WAIT`` seconds). After a
+``bye``, jobs still running are killed and deleted (the exiting client cannot use them), and
+the reaper exits once none is left.
 
 Deleting: once we have reaped the init of a container with its own PID namespace, the
 container is stopped and every process of it is gone; ``runc delete`` would then only remove
@@ -38,8 +49,9 @@ the exit answer, so the client's own work (ingesting outputs) overlaps the delet
 ten cgroup v1 directories took several milliseconds here).
 
 Output: the build's stdin is /dev/null itself. Its stdout and stderr are one pipe each; every
-chunk, as read, goes both to the combined log (in the order the chunks were read) and to the
-stdout or stderr file. The pipes reach EOF when every holder of their write ends is gone: the
+chunk, as read, goes to the combined log (in the order the chunks were read), and a 5-byte
+record of its stream and length to the runs file, so each stream can be read back alone without
+being stored twice. The pipes reach EOF when every holder of their write ends is gone: the
 container's processes (all killed with its init, also on timeout) and runc (whose own errors
 thus land in the log too). Chunks written to the two streams within the same instant may
 appear in the combined log in either order.
@@ -56,18 +68,35 @@ import array
 import contextlib
 import ctypes
 import errno
+import importlib.util
 import json
+import math
 import os
 import selectors
 import signal
 import socket
 import sys
 import time
+import types
 
+
+def _sibling(name: str) -> types.ModuleType:
+    """A stdlib-only module beside this file (run with ``-I -S``, the package is not on the
+    path)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"ocibuild_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cleanup = _sibling("reaper_cleanup")
 PR_SET_CHILD_SUBREAPER = 36
 _READ = selectors.EVENT_READ
 _FDS_PER_JOB = 4
 RUNC_LOG_MAX = 32768  # bytes of runc's own log passed back (an answer is one datagram)
+CLEANUP_WAIT = 10.0  # seconds the reaper of a dead client waits for its jobs to end
 
 
 def _status(st: int) -> int:
@@ -141,6 +170,12 @@ class Job:
         self.delete_argv: list[str] = spec["delete"]
         self.env: dict[str, str] = spec["env"]
         self.pid_file: str | None = spec.get("pid_file")
+        bundle = spec.get("bundle")
+        if isinstance(bundle, str) and reaper.client is not None:
+            found = cleanup.owned_root(bundle, reaper.client)
+            if found is not None:
+                reaper.roots.add(found[0])
+                reaper.owned.add(os.path.realpath(found[1]))
         self.state: dict | None = None  # runc's state.json, once read
         self.sinks: dict[int, int] = {}
         self.init: int | None = None
@@ -152,6 +187,7 @@ class Job:
         self.stopped = False  # the init is reaped: the container may be removed by hand
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        self.out_r = out_r
         self.sinks = {out_r: out, err_r: err}
         self.runc_log = os.memfd_create("runc-log")
         try:
@@ -183,18 +219,30 @@ class Job:
             os.close(self.sinks.pop(r))
             return
         _write_all(self.log, data)
-        _write_all(self.sinks[r], data)
+        # the chunk's record (build.logs): stream 1 stdout / 2 stderr, length u32 LE
+        stream = 1 if r == self.out_r else 2
+        _write_all(self.sinks[r], bytes((stream,)) + len(data).to_bytes(4, "little"))
 
     def _message(self, _: None) -> None:
+        if self.abandoned:  # unregistered while this event was pending
+            return
         try:
             data = self.chan.recv(64)
         except OSError:
             data = b""
-        if not data:  # the client is gone: nobody to answer (the job goes on)
+        if not data:  # the client closed it: nobody to answer (the job goes on)
             self.reaper.sel.unregister(self.chan)
             self.abandoned = True
         elif data == b"kill":
             self.kill()
+
+    def abandon(self) -> None:
+        """The client is gone or exiting: nobody will answer or use the job; kill it."""
+        if not self.abandoned:
+            self.abandoned = True
+            with contextlib.suppress(KeyError, ValueError):
+                self.reaper.sel.unregister(self.chan)
+        self.kill()
 
     def kill(self) -> None:
         """SIGKILL runc (while running) and the container's init (once known, until reaped)."""
@@ -266,10 +314,18 @@ class Job:
 
 
 class Reaper:
-    """The event loop: the control socket, SIGCHLD, and every job's pipes and channel."""
+    """The event loop: the control socket, SIGCHLD, the client's pidfd, every job's fds.
 
-    def __init__(self, control: socket.socket) -> None:
+    ``client``: the client's pid (None: not watched); ``roots``: bundle roots to clean up in
+    when it dies (see the module docstring).
+    """
+
+    def __init__(self, control: socket.socket, client: int | None = None,
+                 roots: list[str] | None = None) -> None:
         self.control = control
+        self.client = client
+        self.roots: set[str] = set(roots or ())
+        self.owned: set[str] = set()  # job bundles' directories named for the client
         self.sel = selectors.DefaultSelector()
         self.reaped: dict[int, int] = {}
         self.jobs: list[Job] = []
@@ -279,7 +335,42 @@ class Reaper:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.sel.register(self.wake_r, _READ, (self._drain_wakeups, None))
         self.sel.register(control, _READ, (self._accept, None))
-        self.closing = False
+        self.closing = False  # no more jobs will come
+        self.bye = False  # the client said it exits
+        self.dead = False  # the client died: kill everything, clean up, exit
+        self.deadline = math.inf
+        self.pidfd: int | None = None
+        if client is not None:
+            try:
+                self.pidfd = os.pidfd_open(client)
+            except OSError:
+                self.pidfd = None
+            if os.getppid() != client:  # gone already (or never our parent): nothing to watch
+                self._client_died(None)
+            elif self.pidfd is not None:
+                self.sel.register(self.pidfd, _READ, (self._client_died, None))
+
+    def _client_died(self, _: None) -> None:
+        if self.pidfd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.pidfd)
+        if self.dead:
+            return
+        self.dead = True
+        self.deadline = time.monotonic() + CLEANUP_WAIT
+        self._stop_accepting()
+        for job in self.jobs:
+            job.abandon()
+
+    def _stop_accepting(self) -> None:
+        if not self.closing:
+            self.closing = True
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.control)
+
+    def client_gone(self) -> bool:
+        """Whether the client process has exited (we were reparented)."""
+        return self.client is not None and os.getppid() != self.client
 
     def spawn_quiet(self, argv: list[str], env: dict[str, str]) -> int | None:
         """Start ``argv`` with stdio on /dev/null; None if it cannot be executed."""
@@ -309,17 +400,34 @@ class Reaper:
         for level, kind, data in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-        if not msg:  # the client is gone: finish the jobs, then exit
+        if not msg:  # EOF: the client exits (after a bye) or died
             for fd in fds:
                 os.close(fd)
-            self.sel.unregister(self.control)
-            self.closing = True
+            self._stop_accepting()
+            if self.bye:
+                for job in self.jobs:
+                    job.abandon()
+            else:
+                self._client_died(None)
             return
         if len(fds) != _FDS_PER_JOB:
             for fd in fds:
                 os.close(fd)
+            self._control_message(msg)
             return
         self.jobs.append(Job(self, json.loads(msg), list(fds)))
+
+    def _control_message(self, msg: bytes) -> None:
+        try:
+            message = json.loads(msg)
+        except ValueError:
+            return
+        if not isinstance(message, dict):
+            return
+        if message.get("bye"):
+            self.bye = True
+        if isinstance(message.get("watch"), str):
+            self.roots.add(message["watch"])
 
     def _reap(self) -> None:
         while True:
@@ -332,17 +440,40 @@ class Reaper:
             self.reaped[pid] = st
 
     def serve(self) -> None:
+        """Run until no job is left once the client is gone or exiting (or, if it died, until
+        ``CLEANUP_WAIT`` has passed)."""
         while not (self.closing and not self.jobs):
-            for key, _ in self.sel.select():
+            if self.dead and time.monotonic() > self.deadline:
+                break
+            wait = None if not self.dead else max(0.0, min(0.1, self.deadline - time.monotonic()))
+            for key, _ in self.sel.select(wait):
                 handler, arg = key.data
                 handler(arg)
             self._reap()
             self.jobs = [job for job in self.jobs if not job.advance()]
+            if self.dead:
+                for job in self.jobs:  # e.g. an init pid learnt after runc exited
+                    job.kill()
+
+    def clean_up(self) -> None:
+        """If the client died (or is gone), remove what it left (see the module docstring)."""
+        if self.client is None or not (self.dead or self.client_gone()):
+            return
+        self._wait_client_gone()
+        if self.client_gone():
+            dirs = self.owned | cleanup.owned_dirs(self.roots, self.client)
+            cleanup.clean_up(dirs, dict(os.environ))
+
+    def _wait_client_gone(self, wait: float = 2.0) -> None:
+        deadline = time.monotonic() + wait
+        while not self.client_gone() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def main(argv: list[str]) -> int:
     control = socket.socket(fileno=int(argv[1]))
     personality = int(argv[2], 16)
+    client = int(argv[3]) if len(argv) > 3 else None
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         print(f"ocibuild: prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}",
@@ -353,7 +484,13 @@ def main(argv: list[str]) -> int:
         if current != -1:
             libc.personality(current | personality)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client decides when builds stop
-    Reaper(control).serve()
+    reaper = Reaper(control, client, argv[4:])
+    try:
+        reaper.serve()
+    finally:  # also if the loop failed: kill what is left, clean up after a dead client
+        for job in reaper.jobs:
+            job.kill()
+        reaper.clean_up()
     return 0
 
 

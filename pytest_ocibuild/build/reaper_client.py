@@ -2,10 +2,11 @@
 
 ``shared_reaper(personality)`` starts the helper on first use (and again after a fork or if it
 died) and ``Reaper.submit`` hands it a job. Each job has a socket of its own, so any number of
-threads may wait on their builds at once. The helper lives until this process exits or dies (it
-sees EOF on its control socket) and it has no job left: a job still running then (only if
-this process was killed mid-build: ``run`` always waits for its job) runs to its end and is
-deleted, unless a ``purge`` kills it first.
+threads may wait on their builds at once. The helper watches this process: when it exits
+(``bye``, sent at exit) the helper kills what is still running and exits; when it dies, by any
+signal, the helper also kills and deletes its containers and removes its mounts and bundle
+directories (in the default bundle root, in roots given to ``watch`` and in the root of each
+job's bundle), then exits. See reaper.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class Reaper:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", REAPER, str(theirs.fileno()), f"{personality:x}"],
+                [sys.executable, "-I", "-S", REAPER, str(theirs.fileno()), f"{personality:x}",
+                 str(self.pid), *_default_roots()],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         except OSError as e:
@@ -106,7 +108,12 @@ class Reaper:
         return self.pid == os.getpid() and self.proc.poll() is None
 
     def submit(self, job: dict, fds: list[int]) -> Job:
-        """Send ``job`` (see reaper) with the log, stdout and stderr fds; returns its Job."""
+        """Send ``job`` (see reaper) with the log, stdout and stderr fds; returns its Job.
+
+        ``job["bundle"]`` (the bundle dir, cleaned up if this process dies) defaults to
+        runc's ``--bundle`` argument."""
+        if "bundle" not in job:
+            job = {**job, "bundle": _bundle_arg(job.get("argv", []))}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with self._send_lock:
@@ -120,9 +127,17 @@ class Reaper:
             theirs.close()
         return Job(ours)
 
+    def watch(self, root: Path) -> None:
+        """Have the helper clean up in bundle root ``root`` too, should this process die."""
+        with self._send_lock, contextlib.suppress(OSError):
+            self.control.send(json.dumps({"watch": os.path.abspath(root)}).encode())
+
     def shutdown(self, wait: float = SHUTDOWN_WAIT) -> None:
-        """Close the control socket; wait up to ``wait`` seconds for the helper to exit (one
-        with a job left goes on until that job ends)."""
+        """Say bye and close the control socket; wait up to ``wait`` seconds for the helper to
+        exit (it kills and deletes any job left first)."""
+        if self.pid == os.getpid():
+            with self._send_lock, contextlib.suppress(OSError):
+                self.control.send(b'{"bye": true}')
         self.control.close()
         if self.pid == os.getpid():
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -131,6 +146,25 @@ class Reaper:
 
 _lock = threading.Lock()
 _reapers: dict[int, Reaper] = {}
+
+
+def _default_roots() -> list[str]:
+    """The per-user bundle root (see locations), if it can be used."""
+    from pytest_ocibuild.build.locations import bundle_root
+    from pytest_ocibuild.errors import OcibuildError
+
+    try:
+        return [str(bundle_root())]
+    except OcibuildError:
+        return []
+
+
+def _bundle_arg(argv: list[str]) -> str | None:
+    """The value of ``--bundle`` in a runc command line."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--bundle":
+            return str(argv[i + 1])
+    return None
 
 
 def shared_reaper(personality: int) -> Reaper:

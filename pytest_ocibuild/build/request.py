@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,11 +30,22 @@ def check_clean_relative(path: str, what: str) -> str:
     if not isinstance(path, str) or not path:
         raise InvalidRequest(f"{what}: must be a non-empty relative path, got {path!r}")
     if path.startswith("/"):
-        raise InvalidRequest(f"{what}: {path!r} is absolute, a relative path is required")
+        raise InvalidRequest(f"{what}: {path!r:.80} is absolute, a relative path is required")
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts) or "\0" in path:
-        raise InvalidRequest(f"{what}: {path!r} is not a clean path (no '.', '..', '//')")
+        raise InvalidRequest(f"{what}: {path!r:.80} is not a clean path (no '.', '..', '//')")
+    if len(path.encode(errors="surrogateescape")) > MAX_PATH:
+        raise InvalidRequest(f"{what}: {path!r:.40}... is longer than {MAX_PATH} bytes")
+    long = next((p for p in parts if len(p.encode(errors="surrogateescape")) > MAX_COMPONENT),
+                None)
+    if long is not None:
+        raise InvalidRequest(f"{what}: component {long!r:.40}... is longer than "
+                             f"{MAX_COMPONENT} bytes")
     return path
+
+
+MAX_COMPONENT = 255  # NAME_MAX
+MAX_PATH = 1024  # far below PATH_MAX (4096), which also holds the bundle's host prefix
 
 
 def check_clean_absolute(path: str, what: str) -> str:
@@ -259,16 +269,6 @@ class Build:
     log_path: str | None = None
     cached: bool = False  # True: taken from the result cache, nothing ran
 
-    @property
-    def stdout_path(self) -> str | None:
-        """The build's stdout alone (``<log_path>.stdout``), beside the combined log."""
-        return stream_path(self.log_path, "stdout")
-
-    @property
-    def stderr_path(self) -> str | None:
-        """The build's stderr alone (``<log_path>.stderr``), beside the combined log."""
-        return stream_path(self.log_path, "stderr")
-
     def output(self, path: str) -> Node:
         """The node produced for output ``path`` (KeyError if not an output)."""
         return self.outputs[self.request.outputs.index(path)]
@@ -291,18 +291,6 @@ class Build:
             "log": self.log_path,
             "cached": self.cached,
         }
-
-
-STREAMS = ("stdout", "stderr")
-
-
-def stream_path(log_path: str | os.PathLike[str] | None, stream: str) -> str | None:
-    """Where ``stream`` (stdout or stderr) of the build logging to ``log_path`` is kept alone.
-
-    The runtime writes both streams, in order, to the log and each to ``<log>.<stream>``; the
-    result cache keeps the stream files beside its copy of the log likewise.
-    """
-    return None if log_path is None else f"{os.fspath(log_path)}.{stream}"
 
 
 def node_to_dict(node: Node) -> dict[str, Any]:

@@ -158,19 +158,15 @@ def load_request(path: Path, *, ingest: HostIngest | None = None) -> BuildReques
     With ``ingest``, inputs may be given as ``{path: P}``: P (relative to the file's directory)
     is ingested into the store and replaced by its node.
     """
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise InvalidRequest(f"{path}: cannot read: {e.strerror}") from None
-    import yaml  # here, not at the top: the build path reads records without YAML
+    from pytest_ocibuild.build.yaml_load import YamlLoadError, load_json, load_yaml, read_bounded
 
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        where = getattr(e, "problem_mark", None)
-        line = f":{where.line + 1}" if where is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise InvalidRequest(f"{path}{line}: malformed file: {problem}") from None
+        raw = read_bounded(path)
+        data = load_json(raw) if path.suffix == ".json" else load_yaml(raw)
+    except OSError as e:
+        raise InvalidRequest(f"{path}: cannot read: {e.strerror or e}") from None
+    except YamlLoadError as e:
+        raise InvalidRequest(f"{e.where(path)}: malformed file: {e.problem}") from None
     return request_from_dict(data, source=str(path), ingest=ingest, base=path.parent)
 
 

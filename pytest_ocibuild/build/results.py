@@ -5,7 +5,7 @@ is a complete cache key, as OBuilder's build id is. Layout next to the castore u
 
     results/<2 hex>/<64 hex>.json   a Record (outputs as nodes, needles, timings, status)
     logs/<2 hex>/<64 hex>.log       the log of the latest finished attempt of that request
-    logs/<2 hex>/<64 hex>.log.stdout, .log.stderr   the same attempt's streams, each alone
+    logs/<2 hex>/<64 hex>.log.runs  which bytes of the log came from stdout, which from stderr
     locks/<64 hex>.lock             flock held while one process builds the request
     tmp/                            staging files (shared with LocalStore), renamed into place
 
@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_ocibuild.build.atomic import atomic_copy, atomic_write, file_lock
-from pytest_ocibuild.build.request import STREAMS, Build, BuildRequest, node_to_dict
+from pytest_ocibuild.build import logs
+from pytest_ocibuild.build.atomic import atomic_write, file_lock, staging_path
+from pytest_ocibuild.build.request import Build, BuildRequest, node_to_dict
 from pytest_ocibuild.castore.digest import Digest
 from pytest_ocibuild.castore.nodes import Node
 from pytest_ocibuild.errors import InvalidRequest, StoreError
@@ -202,28 +203,27 @@ class ResultStore:
         atomic_write(self.record_path(record.key), record.to_json(), self.tmp_dir,
                      fsync=self.fsync)
 
-    def save_log(self, key: str, log: Path) -> Path:
-        """Keep a copy of ``log`` as ``key``'s log; returns where.
+    def new_log(self) -> Path:
+        """A fresh log file in this store's staging area, for a build to write (see
+        ``save_log(..., move=True)``; a crashed writer's staging is purged)."""
+        path = staging_path(self.tmp_dir, "log")
+        logs.create(path)
+        return path
 
-        The per-stream files ``<log>.stdout`` / ``<log>.stderr`` are kept beside it
-        (``<key>.log.stdout`` ...) when they exist; they are copied first, so a log that
-        is in place has its streams too.
-        """
+    def save_log(self, key: str, log: Path, *, move: bool = False) -> Path:
+        """Keep ``log`` (with its runs, see build.logs) as ``key``'s log; returns where.
+
+        ``move``: ``log`` is a ``new_log`` of this store, renamed into place; otherwise it is
+        hard-linked where it can be, so the output is on disk once either way."""
         target = self.log_path(key)
-        for stream in STREAMS:
-            source = Path(f"{log}.{stream}")
-            if source.exists():
-                atomic_copy(source, Path(f"{target}.{stream}"), self.tmp_dir, fsync=self.fsync)
-        atomic_copy(log, target, self.tmp_dir, fsync=self.fsync)
+        logs.keep(log, target, move=move, tmp_dir=self.tmp_dir)
         return target
 
-    def remove(self, key: str, *, log: bool = True) -> None:
+    def remove(self, key: str, *, log: bool = True) -> int:
+        """Delete ``key``'s record (and log); returns the log bytes freed."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.record_path(key))
-        if log:
-            for path in (self.log_path(key), *(f"{self.log_path(key)}.{s}" for s in STREAMS)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+        return logs.remove(self.log_path(key)) if log else 0
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:

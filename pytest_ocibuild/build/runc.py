@@ -8,12 +8,12 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from pytest_ocibuild.build.logs import runs_path
 from pytest_ocibuild.build.reaper_client import Job, ReaperGone, shared_reaper
 from pytest_ocibuild.build.runtime import ExitStatus
 from pytest_ocibuild.errors import BundleError, RuntimeUnavailable
@@ -36,16 +36,12 @@ _EXEC_FAILURE = "unable to start container process: exec:"
 
 
 def default_state_dir() -> Path:
-    """``/run/ocibuild-<uid>/runc`` (tmpfs), else ``$TMPDIR/ocibuild-<uid>/runc``.
+    """The per-user ``locations.runtime_state_dir()``, shared by all processes of one user
+    (runc locks per container); container ids are unique (``ocibuild-<pid>-...``) and
+    ``purge`` finds every earlier run's containers there."""
+    from pytest_ocibuild.build.locations import runtime_state_dir
 
-    Shared by all processes of one user (runc locks per container); container ids must be
-    unique, e.g. prefixed with the xdist worker id, and ``purge`` prefixes likewise.
-    """
-    uid = os.geteuid()
-    for base in ("/run", os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir()):
-        if base and os.access(base, os.W_OK | os.X_OK):
-            return Path(base) / f"ocibuild-{uid}" / "runc"
-    return Path(tempfile.gettempdir()) / f"ocibuild-{uid}" / "runc"
+    return runtime_state_dir()
 
 
 class RuncRuntime:
@@ -111,7 +107,7 @@ class RuncRuntime:
         The container runs detached under this process's reaper helper (see ``reaper``), so
         the build's stdin is /dev/null itself, not a pipe pumped by runc. Its stdout and stderr
         are two pipes the reaper drains: each chunk goes to ``log`` (both streams, in the
-        order read) and to ``<log>.stdout`` or ``<log>.stderr`` (appended to). The reaper
+        order read), and its stream and length to ``<log>.runs`` (see build.logs). The reaper
         reports the exit status of the container's init, then deletes the container; this
         returns once it is deleted, or at once inside ``deferring_deletes``.
 
@@ -188,31 +184,51 @@ class RuncRuntime:
                     finish.callback(self._finish, job, container_id, wait=True)
 
     def purge(self, prefix: str) -> list[str]:
-        """Kill and delete every container in the state dir whose id starts with ``prefix``."""
+        """Kill and delete every container in the state dir whose id starts with ``prefix``.
+
+        One that disappears meanwhile (deleted by its own reaper) counts as gone; a state
+        directory runc cannot delete because it never got a ``state.json`` is removed.
+        """
         gone = []
         for cid in self.list():
             if cid.startswith(prefix):
-                self._runc("kill", cid, "KILL")
+                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                    self._runc("kill", cid, "KILL")
                 self._delete(cid)
+                left = self.state_dir / cid
+                if left.is_dir() and not (left / "state.json").exists():
+                    shutil.rmtree(left, ignore_errors=True)
                 gone.append(cid)
         return gone
 
     def list(self) -> list[str]:
-        """Ids of the containers runc knows in this state dir."""
-        if not self.state_dir.is_dir() or self._path() is None:
+        """Ids of the containers in this state dir: its subdirectories holding ``state.json``.
+
+        Read here rather than by ``runc list``, which fails (ENOENT) when another process
+        deletes a container while it lists them.
+        """
+        try:
+            with os.scandir(self.state_dir) as it:
+                names = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        out = self._runc("list", "--format", "json")
-        if out.returncode != 0:
-            raise RuntimeUnavailable(f"runc list failed: {_first_line(out.stderr)}")
-        return [c["id"] for c in json.loads(out.stdout or b"null") or []]
+        except OSError as e:
+            raise RuntimeUnavailable(f"cannot list runc state dir {self.state_dir}: "
+                                     f"{e.strerror}") from None
+        return sorted(n for n in names if os.path.exists(self.state_dir / n / "state.json"))
 
     # -- helpers ---------------------------------------------------------------------------
 
     def _ensure_state_dir(self) -> Path:
+        """The state dir, created if missing; this process's reaper is started too, so that
+        whatever this process begins (bundles, mounts, containers) is cleaned up by it
+        should this process die (see reaper)."""
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:
             raise RuntimeUnavailable(f"cannot create runc state dir {self.state_dir}: {e}") from e
+        with contextlib.suppress(ReaperGone):  # run() reports it if it persists
+            shared_reaper(PERSONALITY)
         return self.state_dir
 
     def _runc(self, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -225,7 +241,7 @@ class RuncRuntime:
         """Hand the job to this process's reaper (restarted once if it died meanwhile)."""
         fds: list[int] = []
         try:
-            for f in (log, f"{log}.stdout", f"{log}.stderr"):
+            for f in (log, runs_path(log), runs_path(log)):  # the log, its runs (build.logs)
                 fds.append(os.open(f, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                                    0o644))
             for attempt in (1, 2):

@@ -31,7 +31,7 @@ class Runtime(Protocol):
     ) -> ExitStatus:
         """Run the bundle's process; stdout and stderr are appended to ``log``; stdin /dev/null.
 
-        Each stream is also appended on its own to ``<log>.stdout`` / ``<log>.stderr``.
+        Which bytes came from which stream is appended to ``<log>.runs`` (build.logs).
 
         On timeout (or KeyboardInterrupt) the container is killed; in every case it is
         deleted before returning. Raises RuntimeUnavailable when the runtime cannot start

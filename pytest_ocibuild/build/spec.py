@@ -27,13 +27,13 @@ the read-only inputs.
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Sequence
 from typing import Any
 
 from pytest_ocibuild.build.bundle import DEV_SOURCE, scratch_name
 from pytest_ocibuild.build.ids import BUILD_GID, BUILD_UID, IdMaps
 from pytest_ocibuild.build.request import BuildRequest, is_path_prefix
+from pytest_ocibuild.build.seccomp import seccomp_profile
 from pytest_ocibuild.castore.nodes import SymlinkNode
 from pytest_ocibuild.errors import InvalidRequest
 
@@ -147,28 +147,6 @@ def _linux(*, network: bool, rootless: bool, id_maps: IdMaps) -> dict[str, Any]:
     # as mount points). The files they cover belong to host root, unwritable by the build.
     linux["seccomp"] = seccomp_profile()
     return linux
-
-
-# Native architecture plus the compat ones a process could switch to (as Nix adds them).
-_SECCOMP_ARCHES = {"x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-                   "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]}
-_EPERM, _ENOTSUP = 1, 95
-
-
-def seccomp_profile(machine: str = platform.machine()) -> dict[str, Any]:
-    """Nix's build filter: no setuid/setgid bits (``chmod``/``fchmod``/``fchmodat`` with
-    ``S_ISUID``/``S_ISGID`` fail with EPERM) and no extended attributes or ACLs (``*setxattr``
-    fail with ENOTSUP); everything else is allowed."""
-    rules: list[dict[str, Any]] = []
-    for bit in (0o4000, 0o2000):
-        for name, index in (("chmod", 1), ("fchmod", 1), ("fchmodat", 2)):
-            rules.append({"names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": _EPERM,
-                          "args": [{"index": index, "value": bit, "valueTwo": bit,
-                                    "op": "SCMP_CMP_MASKED_EQ"}]})
-    rules.append({"names": ["setxattr", "lsetxattr", "fsetxattr"], "action": "SCMP_ACT_ERRNO",
-                  "errnoRet": _ENOTSUP})
-    return {"defaultAction": "SCMP_ACT_ALLOW",
-            "architectures": _SECCOMP_ARCHES.get(machine, []), "syscalls": rules}
 
 
 def _mount(src: str, dst: str, typ: str, options: Sequence[str]) -> dict[str, Any]:

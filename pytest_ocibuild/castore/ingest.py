@@ -364,18 +364,32 @@ def _stream(store: Store, fd: int) -> tuple[Digest, int]:
         return w.commit(), size
 
 
-def _unsupported(path: bytes, mode: int) -> StoreError:
-    kind = (
+class UnsupportedFileType(StoreError):
+    """A path to ingest is a fifo, socket or device node; ``path`` (as given, decoded) and
+    ``kind`` (e.g. ``"a fifo"``) name it for a caller that words its own message."""
+
+    reason = "unsupported-file-type"
+
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__(
+            f"{path}: is {kind}, only files, directories and symlinks can be ingested")
+        self.path = path
+        self.kind = kind
+
+
+def file_kind(mode: int) -> str:
+    """``"a fifo"``, ``"a socket"``, ... for a non-file, non-directory, non-symlink ``mode``."""
+    return (
         "a fifo" if stat.S_ISFIFO(mode)
         else "a socket" if stat.S_ISSOCK(mode)
         else "a character device" if stat.S_ISCHR(mode)
         else "a block device" if stat.S_ISBLK(mode)
         else f"of unknown type {stat.S_IFMT(mode):o}"
     )
-    return StoreError(
-        f"{os.fsdecode(path)}: is {kind}, only files, directories and symlinks can be ingested",
-        reason="unsupported-file-type",
-    )
+
+
+def _unsupported(path: bytes, mode: int) -> UnsupportedFileType:
+    return UnsupportedFileType(os.fsdecode(path), file_kind(mode))
 
 
 def walk(store: Store, node: Node, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:

@@ -14,7 +14,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pytest_ocibuild.errors import NixError
@@ -90,13 +90,19 @@ def _to_store_path(p: str) -> str:
     return prefix + p[len(prefix):].split("/", 1)[0]
 
 
-def export_closure(paths: list[str], infos: Mapping[str, PathInfo]) -> list[str]:
-    """Nix ``exportReferences``: the closure of ``paths``, each of which must be an input."""
+def export_closure(paths: list[str], infos: Mapping[str, PathInfo],
+                   drv_outputs: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Nix ``exportReferences``: the closure of ``paths``, each of which must be an input,
+    with the closure of the outputs of each derivation in it (``drv_outputs``: .drv → its
+    output paths, for those built)."""
     for p in paths:
         if p not in infos:
             raise NixError(f"cannot export references of path '{p}' because it is not in the "
                            "input closure of the derivation")
-    return sorted(closure(paths, infos))
+    found = closure(paths, infos)
+    outputs = [o for p in sorted(found) if p.endswith(".drv")
+               for o in (drv_outputs or {}).get(p, ()) if o in infos]
+    return sorted(found | closure(outputs, infos))
 
 
 def registration_text(paths: list[str], infos: Mapping[str, PathInfo]) -> str:
@@ -122,7 +128,9 @@ def path_info_json(paths: list[str], infos: Mapping[str, PathInfo]) -> list[dict
     return out
 
 
-def export_graph_files(env: Mapping[str, bytes], infos: Mapping[str, PathInfo]) -> dict[str, bytes]:
+def export_graph_files(env: Mapping[str, bytes], infos: Mapping[str, PathInfo],
+                       drv_outputs: Mapping[str, Sequence[str]] | None = None,
+                       ) -> dict[str, bytes]:
     """Files for a non-structured ``exportReferencesGraph`` (name → registration text)."""
     raw = env.get("exportReferencesGraph")
     if raw is None:
@@ -136,13 +144,16 @@ def export_graph_files(env: Mapping[str, bytes], infos: Mapping[str, PathInfo]) 
         if not _FILE_NAME.fullmatch(name):
             raise NixError(f"invalid file name '{name}' in 'exportReferencesGraph'")
         sp = _to_store_path(path)
-        files[name] = registration_text(export_closure([sp], infos), infos).encode()
+        files[name] = registration_text(export_closure([sp], infos, drv_outputs),
+                                        infos).encode()
     return files
 
 
 def structured_files(attrs: Mapping[str, Any], outputs: Mapping[str, str],
                      infos: Mapping[str, PathInfo],
-                     rewrite: Callable[[str], str]) -> dict[str, bytes]:
+                     rewrite: Callable[[str], str],
+                     drv_outputs: Mapping[str, Sequence[str]] | None = None,
+                     ) -> dict[str, bytes]:
     """``.attrs.json`` and ``.attrs.sh`` (``outputs``: output name → path as the builder sees
     it; ``rewrite`` applies Nix's input rewrites, i.e. placeholders → paths)."""
     data = dict(attrs)
@@ -152,6 +163,6 @@ def structured_files(attrs: Mapping[str, Any], outputs: Mapping[str, str],
         for key, value in graph.items():
             items = value if isinstance(value, list) else [value]
             paths = [str(p) for p in items]
-            data[key] = path_info_json(export_closure(paths, infos), infos)
+            data[key] = path_info_json(export_closure(paths, infos, drv_outputs), infos)
     return {".attrs.json": rewrite(dump_json(data)).encode(),
             ".attrs.sh": rewrite(attrs_sh(data)).encode()}

@@ -9,6 +9,7 @@ written to ``/nix/store``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import threading
@@ -26,6 +27,7 @@ from pytest_ocibuild.nix.closure import DrvGraph, PathInfo, SourceCache, closure
 from pytest_ocibuild.nix.derivation import Derivation
 from pytest_ocibuild.nix.drv_hash import derivation_path, derivation_type, hash_derivation_modulo
 from pytest_ocibuild.nix.hashes import sha256
+from pytest_ocibuild.nix.kept import drop_kept, kept_note
 from pytest_ocibuild.nix.register import chroot_path, register_outputs
 from pytest_ocibuild.nix.store_path import STORE_DIR, StorePath, make_output_path
 from pytest_ocibuild.nix.to_request import (
@@ -49,9 +51,11 @@ def downstream_placeholder(drv_path: str, output: str) -> str:
     return "/" + nixbase32.encode(sha256(text.encode()))
 
 
-def needs_resolving(drv: Derivation) -> bool:
-    """Deferred derivations and floating ones with input derivations are resolved first."""
-    return bool(drv.input_drvs) and derivation_type(drv) in ("deferred", "floating", "impure")
+def needs_resolving(drv: Derivation, ca_derivations: bool = False) -> bool:
+    """Deferred derivations and floating ones with input derivations are resolved first, and
+    with ``ca-derivations`` enabled fixed-output ones too (Nix 2.8 ``inputsRealised``)."""
+    kinds = ("deferred", "floating", "impure", *(("fixed",) if ca_derivations else ()))
+    return bool(drv.input_drvs) and derivation_type(drv) in kinds
 
 
 def resolve(drv: Derivation, built: Mapping[str, Outputs]) -> Derivation:
@@ -94,17 +98,24 @@ class NixBuilder:
 
     def __init__(self, executor: Executor, state: Path, *, settings: NixSettings,
                  progress: Callable[[str], None] | None = None,
-                 store_root: str | Path = "/") -> None:
+                 store_root: str | Path = "/", keep_going: bool = False,
+                 keep_failed: bool = False) -> None:
         from pytest_ocibuild.build.results import SANDBOX_VERSION
         from pytest_ocibuild.nix.results import DrvResults
 
         self.executor = executor
         self.settings = settings
         self.sources = SourceCache(executor.store, Path(state) / "srcs", store_root=store_root)
+        # the host's Nix store: fixed outputs valid there are not built (read-only queries)
+        self.host = self.sources if str(store_root) == "/" else SourceCache(
+            executor.store, Path(state) / "srcs", store_root="/")
         self.results = DrvResults(executor.store, Path(state) / f"drvs-v{SANDBOX_VERSION}")
         self.progress = progress
         self.store_root = store_root
+        self.keep_going = keep_going  # -k: build what does not depend on a failure
+        self.keep_failed = keep_failed  # -K: the executor keeps bundles; we drop good ones
         self._lock = threading.Lock()
+        self._path_locks: dict[str, threading.Lock] = {}
 
     def build(self, drv_path: str) -> Outputs:
         """Build ``drv_path`` and everything it needs; its outputs by name.
@@ -127,6 +138,7 @@ class NixBuilder:
         with ThreadPoolExecutor(max_workers=max(1, self.executor.max_parallel),
                                 thread_name_prefix="nix-build") as pool:
             running: dict[Future[Outputs], str] = {}
+            failed: list[BaseException] = []
             ready = [p for p in todo if not waiting[p]]
             try:
                 while ready or running:
@@ -137,8 +149,12 @@ class NixBuilder:
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
                     for fut in sorted(done, key=lambda f: running[f]):
                         p = running.pop(fut)
-                        built[p] = fut.result()
                         left -= 1
+                        if fut.exception() is not None and self.keep_going:
+                            failed.append(fut.exception())  # type: ignore[arg-type]
+                            print_progress(f"error: {fut.exception()}")
+                            continue
+                        built[p] = fut.result()
                         for q in sorted(dependents[p]):
                             if q in waiting and p in waiting[q]:
                                 waiting[q].discard(p)
@@ -148,7 +164,40 @@ class NixBuilder:
                 for fut in running:
                     fut.cancel()
                 raise
+        if failed:
+            raise failed[0]
         return built[drv_path]
+
+    def dry_run(self, drv_path: str) -> str:
+        """What ``--dry-run`` says: the derivations that would be built (Nix's wording)."""
+        graph = DrvGraph(drv_path, self.store_root)
+        todo = sorted(p for p in graph.order if self.results.get(p) is None)
+        if not todo:
+            return "nothing to build"
+        head = ("this derivation will be built:" if len(todo) == 1
+                else f"these {len(todo)} derivations will be built:")
+        return "\n".join([head, *(f"  {p}" for p in todo)])
+
+    def check(self, drv_path: str) -> Outputs:
+        """``--check``: build ``drv_path`` again (its dependencies are not) and compare."""
+        recorded = self.results.get(drv_path)
+        if recorded is None:
+            raise NixError(f"some outputs of '{drv_path}' are not valid, so checking is not "
+                           "possible")
+        graph = DrvGraph(drv_path, self.store_root)
+        built = {p: self.build(p) for p in graph.drvs[drv_path].input_drvs}
+        drv = graph.drvs[drv_path]
+        if needs_resolving(drv, "ca-derivations" in self.settings.features):
+            drv = resolve(drv, built)
+            drv_path_run = derivation_path(drv).absolute
+        else:
+            drv_path_run = drv_path
+        again = self._run(drv_path_run, drv, built, cache=False)
+        for o, info in sorted(recorded.items()):
+            if again[o].nar_hash != info.nar_hash or again[o].path != info.path:
+                raise BuildFailed(f"derivation '{drv_path}' may not be deterministic: output "
+                                  f"'{info.path}' differs", reason="not-deterministic")
+        return recorded
 
     def _say(self, text: str) -> None:
         if self.progress is not None:
@@ -159,17 +208,70 @@ class NixBuilder:
         cached = self.results.get(drv_path)
         if cached is not None:
             return cached
-        if needs_resolving(drv):
+        if needs_resolving(drv, "ca-derivations" in self.settings.features):
             resolved = resolve(drv, built)
             rpath = derivation_path(resolved).absolute
-            outputs = self.results.get(rpath) or self._run(rpath, resolved, built)
+            outputs = self.results.get(rpath) or self._valid_or_run(rpath, resolved, built)
             self.results.put(rpath, outputs)
         else:
-            outputs = self._run(drv_path, drv, built)
+            outputs = self._valid_or_run(drv_path, drv, built)
         self.results.put(drv_path, outputs)
         return outputs
 
-    def _run(self, drv_path: str, drv: Derivation, built: Mapping[str, Outputs]) -> Outputs:
+    def _valid_or_run(self, drv_path: str, drv: Derivation,
+                      built: Mapping[str, Outputs]) -> Outputs:
+        """The outputs, if all their (known) paths are valid already; else build. While one
+        derivation builds a path, another asking for it waits (Nix's path locks)."""
+        paths = sorted(out.path for out in drv.outputs.values() if out.path)
+        with contextlib.ExitStack() as stack:
+            for p in paths:
+                with self._lock:
+                    lock = self._path_locks.setdefault(p, threading.Lock())
+                stack.enter_context(lock)
+            if len(paths) == len(drv.outputs):
+                valid = {o: self.results.valid_path(out.path)
+                         for o, out in drv.outputs.items()}
+                if all(valid.values()):
+                    return valid  # type: ignore[return-value]
+                if derivation_type(drv) == "fixed":
+                    try:
+                        host = self.host.get(paths)
+                    except NixError:
+                        host = {}
+                    if paths[0] in host:
+                        return {"out": host[paths[0]]}
+            outputs = self._run(drv_path, drv, built)
+            self.results.put(drv_path, outputs)  # valid from now on, for the waiting ones
+            return outputs
+
+    def _closure(self, roots: list[str], infos: dict[str, PathInfo]) -> set[str]:
+        """The closure of ``roots``; what outputs refer to that is neither built nor an input
+        source here (a dependency's ``builtins.toFile`` source, a ``.drv``) is looked up in
+        the stores Nix keeps them in, as Nix finds every valid path."""
+        while True:
+            todo, done, missing = list(roots), set(), set()
+            while todo:
+                p = todo.pop()
+                if p in done:
+                    continue
+                done.add(p)
+                if p in infos:
+                    todo.extend(infos[p].references)
+                else:
+                    missing.add(p)
+            if not missing:
+                return done
+            try:
+                infos.update(self.sources.get(sorted(missing)))
+            except NixError:
+                if self.host is self.sources:
+                    raise
+                infos.update(self.host.get(sorted(missing)))  # a .drv target's own store
+            if not missing & infos.keys():
+                return closure(roots, infos)  # Nix's "is not valid" for the first missing
+
+    def _run(self, drv_path: str, drv: Derivation, built: Mapping[str, Outputs], *,
+             cache: bool | None = None) -> Outputs:
         check_platform(drv, drv_path, self.settings)
         ours: dict[str, PathInfo] = {}
         for dep_outputs in built.values():
@@ -180,16 +282,23 @@ class NixBuilder:
         infos = {**self.sources.get(srcs), **ours}
         for p in [p for p in drv.input_srcs if p in ours]:
             roots.append(p)
-        inputs = {p: infos[p] for p in closure([*roots, *drv.input_srcs], infos)}
+        inputs = {p: infos[p] for p in self._closure([*roots, *drv.input_srcs], infos)}
         scratch = scratch_paths(drv, drv_path)
-        request = derivation_to_request(drv, drv_path, inputs, settings=self.settings,
-                                        scratch=scratch)
+        request = derivation_to_request(
+            drv, drv_path, inputs, settings=self.settings, scratch=scratch,
+            drv_outputs={d: [i.path for i in outs.values()] for d, outs in built.items()})
         try:
-            build = self.executor.build(request)
+            build = self.executor.build(request, cache=cache)
         except BuildFailed as e:
-            raise _nix_failure(e, drv_path, scratch) from None
+            failure = _nix_failure(e, drv_path, scratch)
+            if self.keep_failed:
+                failure.detail = "\n".join(filter(None, [failure.detail, kept_note(
+                    self.executor, request.digest.hex, drv_path)]))
+            raise failure from None
         except StoreError as e:
             raise _nix_store_failure(e, drv_path) from None
+        if self.keep_failed:
+            drop_kept(self.executor, request.digest.hex)
         nodes, found = {}, {}
         for o, p in scratch.items():
             rel = p.lstrip("/")
@@ -219,6 +328,21 @@ def _nix_failure(e: BuildFailed, drv_path: str, scratch: Mapping[str, str]) -> B
         name = next((o for o, p in sorted(scratch.items()) if p == path), "out")
         msg = (f"builder for '{drv_path}' failed to produce output path for output '{name}' "
                f"at '{chroot_path(drv_path, scratch.get(name, path))}'")
+    elif e.reason == "timeout" and (m := re.search(r"after ([0-9.]+)s", e.message)):
+        # Nix's worker.cc: "%1% timed out after %2% seconds" with the goal's name
+        msg = (f"building of '{drv_path}!{','.join(sorted(scratch))}' from .drv file timed "
+               f"out after {float(m.group(1)):g} seconds")
+    elif e.reason == "output-rejected" and e.path:  # a fifo, socket or device node
+        return BuildFailed(f"file '{chroot_path(drv_path, '/' + e.path)}' has an unsupported "
+                           "type", reason="output-invalid", detail=e.detail,
+                           log_path=e.log_path)
+    elif e.reason == "suspicious-output":  # a group/world-writable output root
+        m = re.search(r"output '([^']+)'", e.message)
+        path = "/" + m.group(1) if m else ""
+        name = next((o for o, p in sorted(scratch.items()) if p == path), "out")
+        msg = (f"suspicious ownership or permission on "
+               f"'{chroot_path(drv_path, scratch.get(name, path))}' for output '{name}'; "
+               "rejecting this build output")
     else:
         msg = f"builder for '{drv_path}': {e.message}"
     return BuildFailed(msg, reason=e.reason, detail=e.detail, exit_code=e.exit_code,
@@ -229,7 +353,8 @@ def _nix_store_failure(e: StoreError, drv_path: str) -> BuildFailed:
     if e.reason == "unsupported-file-type":
         host = e.message.split(": is ", 1)[0]
         marker = f"/scratch/{scratch_name(STORE_DIR.lstrip('/'))}"
-        rest = host.split(marker, 1)[1] if marker in host else host
+        fd = re.match(r"/proc/self/fd/\d+(/.*)$", host)  # read beneath the store scratch
+        rest = host.split(marker, 1)[1] if marker in host else fd.group(1) if fd else host
         return BuildFailed(f"file '{chroot_path(drv_path, STORE_DIR + rest)}' has an "
                            "unsupported type", reason="output-invalid")
     return BuildFailed(f"builder for '{drv_path}': {e.message}", reason=e.reason)

@@ -82,10 +82,12 @@ def start_instantiate(
     args: Mapping[str, str] | None = None,
     argstrs: Mapping[str, str] | None = None,
     store_root: str | Path | None = None,
+    options: Sequence[str] = (),
 ) -> Callable[[], str]:
     """``instantiate`` started in the background: returns a function that waits for it and
-    gives the .drv path (or raises its NixError), so the caller can work meanwhile."""
-    argv = ["nix-instantiate", *store_args(store_root), str(file)]
+    gives the .drv path (or raises its NixError), so the caller can work meanwhile.
+    ``options``: more nix-instantiate options (``--show-trace``, experimental features)."""
+    argv = ["nix-instantiate", *store_args(store_root), *options, str(file)]
     if attr:
         argv += ["-A", attr]
     for n, e in (args or {}).items():
@@ -159,16 +161,20 @@ def path_infos(paths: Iterable[str],
     """Registration of ``paths`` and their closure: ``{path: {narHash, narSize, references,
     ca?}}`` from ``nix path-info --json --recursive`` (a read-only query of the local store)."""
     paths = sorted(set(paths))
-    if not paths:
-        return {}
-    out = _run(["nix", "--extra-experimental-features", "nix-command", "path-info",
-                *store_args(store_root), "--json", "--recursive", *paths],
-               "cannot query the Nix store")
     result: dict[str, dict[str, Any]] = {}
-    for entry in json.loads(out):
-        if entry.get("valid") is False:
-            raise NixError(f"path '{entry['path']}' is not valid in the Nix store")
-        result[entry["path"]] = entry
+    # `nix path-info X.drv` means the derivation's outputs; `--derivation` the file itself
+    # (and is refused for paths that are not derivations): two queries
+    drvs = [p for p in paths if p.endswith(".drv")]
+    for group, flag in ((drvs, ["--derivation"]), ([p for p in paths if p not in drvs], [])):
+        if not group:
+            continue
+        out = _run(["nix", "--extra-experimental-features", "nix-command", "path-info",
+                    *store_args(store_root), "--json", "--recursive", *flag, *group],
+                   "cannot query the Nix store")
+        for entry in json.loads(out):
+            if entry.get("valid") is False:
+                raise NixError(f"path '{entry['path']}' is not valid in the Nix store")
+            result[entry["path"]] = entry
     return result
 
 

@@ -3,7 +3,9 @@
 A record maps each output name to its PathInfo (path, castore node, NAR hash and size,
 references, content address). A derivation's outputs are a function of the derivation, so a
 record stays valid while its castore objects exist; a rebuild of a recorded derivation is a
-lookup.
+lookup. Each registered output is also kept by store path (``<root>/paths/<base name>.json``):
+an output path that is valid is not built again, whatever derivation asks for it (Nix checks
+the validity of output paths before building).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class DrvResults:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(exist_ok=True)
+        (self.root / "paths").mkdir(exist_ok=True)
         self._mem: dict[str, dict[str, PathInfo]] = {}
         self._lock = threading.Lock()
 
@@ -54,9 +57,22 @@ class DrvResults:
             self._mem[drv_path] = outputs
         return outputs
 
+    def valid_path(self, path: str) -> PathInfo | None:
+        """The registration of output path ``path`` if some derivation built it (and its
+        objects are still in the castore)."""
+        try:
+            info = PathInfo.from_json(json.loads(
+                (self.root / "paths" / f"{os.path.basename(path)}.json").read_bytes()))
+        except (OSError, ValueError, KeyError, TypeError, NixError):
+            return None
+        return info if info.path == path and node_present(self.store, info.node) else None
+
     def put(self, drv_path: str, outputs: Mapping[str, PathInfo]) -> None:
         data = {"version": RECORD_VERSION, "drvPath": drv_path,
                 "outputs": {o: i.to_json() for o, i in sorted(outputs.items())}}
+        for info in outputs.values():
+            atomic_write(self.root / "paths" / f"{os.path.basename(info.path)}.json",
+                         json.dumps(info.to_json(), sort_keys=True).encode(), self.root / "tmp")
         atomic_write(self._file(drv_path), json.dumps(data, sort_keys=True).encode(),
                      self.root / "tmp")
         with self._lock:

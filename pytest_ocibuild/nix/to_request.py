@@ -13,8 +13,8 @@ environment, the arguments and the files written into ``/build``, as Nix does.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 
 from pytest_ocibuild.build.request import AdditionalFile, BuildRequest, Constraints, EnvVar
 from pytest_ocibuild.errors import NixError
@@ -46,6 +46,8 @@ class NixSettings:
     extra_platforms: frozenset[str] = frozenset({"i686-linux"})  # extra-platforms
     features: frozenset[str] = DEFAULT_FEATURES  # system-features (+ ca-derivations)
     environ: Mapping[str, str] = field(default_factory=dict)  # the caller's, for impureEnvVars
+    sandbox_paths: tuple[str, ...] = ()  # sandbox-paths + extra-sandbox-paths
+    max_silent_time: float | None = None  # max-silent-time (needs Constraints.max_silent_time)
 
 
 def strings_attr(drv: Derivation, name: str) -> list[str] | None:
@@ -110,11 +112,13 @@ def derivation_to_request(
     *,
     settings: NixSettings,
     scratch: Mapping[str, str] | None = None,
+    drv_outputs: Mapping[str, Sequence[str]] | None = None,
 ) -> BuildRequest:
     """The BuildRequest that builds ``drv`` as Nix's sandbox would.
 
     ``inputs``: the input closure (store path → PathInfo), all bound into ``/nix/store``;
-    ``scratch``: output name → path it is built at (default ``scratch_paths``).
+    ``scratch``: output name → path it is built at (default ``scratch_paths``);
+    ``drv_outputs``: output paths of built derivations (for ``exportReferencesGraph``).
     """
     if drv.builder.startswith("builtin:"):
         raise NixError(f"{drv_path}: builtin builder '{drv.builder}' is not supported")
@@ -151,18 +155,24 @@ def derivation_to_request(
 
     if attrs is not None:
         placeholders = {o: hash_placeholder(o) for o in drv.outputs}
-        files.update(structured_files(attrs, placeholders, inputs, rewrite))
+        files.update(structured_files(attrs, placeholders, inputs, rewrite,
+                                       drv_outputs))
         # Nix 2.8 points these at the host's build directory (a bug); later Nix and we: /build
         env["NIX_ATTRS_SH_FILE"] = f"{BUILD_TOP}/.attrs.sh".encode()
         env["NIX_ATTRS_JSON_FILE"] = f"{BUILD_TOP}/.attrs.json".encode()
     else:
-        files.update(export_graph_files(drv.env, inputs))
+        files.update(export_graph_files(drv.env, inputs, drv_outputs))
 
     env = _environ_entries({rewrite_strings(k.encode(), rewrites).decode():
                             rewrite_strings(v, rewrites) for k, v in env.items()}, drv_path)
     args = [os.path.basename(drv.builder) or drv.builder,
             *(rewrite(a) for a in drv.args)]
+    # Nix rejects group/world-writable output roots (registerOutputs); the executor checks
+    # them when the request asks (the field is the executor's, see docs/nix.md)
+    strict = {"reject_writable_outputs": True} if "reject_writable_outputs" in {
+        f.name for f in fields(BuildRequest)} else {}
     return BuildRequest(
+        **strict,  # type: ignore[arg-type]
         inputs={os.path.basename(p): info.node for p, info in inputs.items()},
         command_args=(drv.builder, *args[1:]),
         working_dir="build",
@@ -170,13 +180,27 @@ def derivation_to_request(
         inputs_dir=STORE_SCRATCH,
         outputs=tuple(sorted(p.lstrip("/") for p in scratch.values())),
         environment_vars=tuple(EnvVar(k, env[k]) for k in sorted(env, key=str.encode)),
-        constraints=Constraints(system=drv.system or "x86_64-linux",
-                                network_access=not sandboxed),
+        constraints=_constraints(drv, settings, sandboxed),
         additional_files=tuple(AdditionalFile(f"build/{n}", files[n])
                                for n in sorted(files, key=str.encode)),
         refscan_needles=tuple(sorted({StorePath.from_absolute(p).hash_part
                                       for p in (*inputs, *scratch.values())})),
     )
+
+
+def _constraints(drv: Derivation, settings: NixSettings, sandboxed: bool) -> Constraints:
+    """System, network (fixed-output builds only), ``sandbox-paths`` and the silence limit."""
+    from pytest_ocibuild.nix.options import sandbox_binds
+
+    binds, bin_sh = sandbox_binds(settings.sandbox_paths)
+    extra: dict[str, object] = {}
+    if settings.max_silent_time:
+        if "max_silent_time" not in {f.name for f in fields(Constraints)}:
+            raise NixError("max-silent-time: this executor has no silence timeout yet")
+        extra["max_silent_time"] = settings.max_silent_time
+    return Constraints(system=drv.system or "x86_64-linux", network_access=not sandboxed,
+                       available_ro_paths=binds, provide_bin_sh=bin_sh,
+                       **extra)  # type: ignore[arg-type]
 
 
 def _environ_entries(env: dict[str, bytes], drv_path: str) -> dict[str, bytes]:

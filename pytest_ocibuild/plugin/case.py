@@ -14,6 +14,7 @@ from typing import Any
 
 from pytest_ocibuild.build.request import check_clean_relative
 from pytest_ocibuild.build.request_io import bytes_in, request_from_dict
+from pytest_ocibuild.build.yaml_load import YamlLoadError, read_bounded
 from pytest_ocibuild.errors import CaseError, InvalidRequest
 from pytest_ocibuild.plugin.schema import Lines, Path_, YamlError, load_yaml, schema_errors
 
@@ -112,11 +113,11 @@ class BadCase:
 def load_case_file(path: Path) -> list[Case | BadCase]:
     """All cases of ``path``; raises CaseError (citing file:line) if the file itself is bad."""
     try:
-        data, lines = load_yaml(path.read_text(encoding="utf-8"))
+        data, lines = load_yaml(read_bounded(path))
     except OSError as e:
-        raise CaseError(f"{path}: cannot read: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise CaseError(f"{path}:1: not UTF-8 text") from None
+        raise CaseError(f"{path}: cannot read: {e.strerror or e}") from None
+    except YamlLoadError as e:  # larger than the size bound
+        raise CaseError(f"{path}:1: malformed YAML: {e.problem}") from None
     except YamlError as e:
         raise CaseError(f"{path}:{e.line}: malformed YAML: {e}") from None
     if not isinstance(data, dict) or not data:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_ocibuild.build.logs import read_stream
 from pytest_ocibuild.build.request import Build
 from pytest_ocibuild.castore.nodes import SymlinkNode
 from pytest_ocibuild.castore.store import Store
@@ -40,14 +41,14 @@ def check_outcome(case: Case, outcome: Build | OcibuildError, store: Store) -> l
     else:
         problems += _check_outputs(case, outcome, store)
     log_path = _log_path(outcome)
-    for what, path, want, unwanted in (
-        ("the build log", log_path, expect.log, expect.log_not),
-        ("stdout", stream(log_path, "stdout"), expect.stdout, expect.stdout_not),
-        ("stderr", stream(log_path, "stderr"), expect.stderr, expect.stderr_not),
+    for what, read, want, unwanted in (
+        ("the build log", lambda: read_log(log_path), expect.log, expect.log_not),
+        ("stdout", lambda: _stream(log_path, "stdout"), expect.stdout, expect.stdout_not),
+        ("stderr", lambda: _stream(log_path, "stderr"), expect.stderr, expect.stderr_not),
     ):
         if not want and not unwanted:
             continue
-        text = read_log(path)
+        text = read()
         for pattern in want:
             if not pattern.search(text):
                 problems.append(Problem(f"{what} does not match {pattern.pattern!r}"))
@@ -57,11 +58,6 @@ def check_outcome(case: Case, outcome: Build | OcibuildError, store: Store) -> l
                 problems.append(Problem(
                     f"{what} matches {pattern.pattern!r} (found {found.group(0)!r:.60})"))
     return problems
-
-
-def stream(log: Path | None, name: str) -> Path | None:
-    """The file holding only ``name`` (stdout or stderr) of the build that wrote ``log``."""
-    return None if log is None else Path(f"{log}.{name}")
 
 
 def _check_failure(case: Case, err: OcibuildError) -> list[Problem]:
@@ -107,6 +103,14 @@ def _check_outputs(case: Case, build: Build, store: Store) -> list[Problem]:
 def _log_path(outcome: Build | OcibuildError) -> Path | None:
     path = getattr(outcome, "log_path", None)
     return Path(path) if path else None
+
+
+def _stream(log: Path | None, name: str) -> str:
+    """What the build that wrote ``log`` wrote to ``name`` (stdout or stderr) alone."""
+    try:
+        return read_stream(log, name).decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def read_log(path: Path | None) -> str:

@@ -6,6 +6,7 @@ loads the plugin.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,16 +30,22 @@ def castore(pytestconfig: pytest.Config) -> Store:
 
 
 @pytest.fixture
-def bundle_root(tmp_path: Path) -> Path:
-    """A fresh directory for this test's OCI bundles, runc state and build logs."""
-    path = tmp_path / "ocibuild"
-    path.mkdir()
-    return path
+def bundle_root(pytestconfig: pytest.Config) -> Iterator[Path]:
+    """A fresh directory for this test's OCI bundles, in the per-user bundle root (where the
+    reaper of a killed run, or a later run's purge, finds what it left; not under basetemp);
+    removed after the test unless bundles are kept (``--ocibuild-keep-bundles``)."""
+    from pytest_ocibuild.build.atomic import remove_tree
+
+    runner = get_runner(pytestconfig)
+    path = runner.new_bundle_dir("test")
+    yield path
+    if not runner.settings.keep_bundles:
+        remove_tree(path)
 
 
 @pytest.fixture
 def ocibuild_sandbox(
-    request: pytest.FixtureRequest, castore: Store, bundle_root: Path
+    request: pytest.FixtureRequest, castore: Store, bundle_root: Path, tmp_path: Path
 ) -> Sandbox:
     """Build requests in ephemeral runc containers over ``castore``.
 
@@ -53,5 +60,5 @@ def ocibuild_sandbox(
     if unknown:
         pytest.fail(f"@pytest.mark.ocibuild: unknown argument(s) {sorted(unknown)} "
                     "(expected timeout, inputs)", pytrace=False)
-    executor = get_runner(request.config).new_executor(bundle_root / "bundles", **overrides)
-    return Sandbox(executor, log_dir=bundle_root / "logs")
+    executor = get_runner(request.config).new_executor(bundle_root, **overrides)
+    return Sandbox(executor, log_dir=tmp_path / "ocibuild-logs")

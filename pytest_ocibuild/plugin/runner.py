@@ -2,17 +2,23 @@
 
 Under xdist every worker has its own Runner; they share only the store directory, which the
 controller chooses and sends in ``workerinput`` (a plain string). Each worker keeps its own
-bundles, runc state and logs, and its own cache of built cases: a case another case depends on
-may be built once per worker, which is harmless because identical requests give identical
-outputs.
+bundles and logs, and its own cache of built cases: a case another case depends on may be
+built once per worker, which is harmless because identical requests give identical outputs.
+Logs go under pytest's basetemp; bundles go to a directory of the process's own,
+``ocibuild-<pid>-<hex>`` in the per-user bundle root (``locations.bundle_root``), never under
+basetemp: should the process be killed, its reaper removes that directory, and else a later
+start's purge finds it (and no mount is ever left where pytest cleans up basetemp).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import secrets
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +50,8 @@ class Runner:
         self._lock = threading.RLock()
         self._store_dir: Path | None = None
         self._work_dir: Path | None = None
+        self._bundle_dir: Path | None = None
+        self._bundle_dirs = itertools.count()
         self._store: Store | None = None
         self._executors: dict[str, Executor] = {}
         self._all_executors: list[Executor] = []  # every executor made, for cache stats
@@ -55,6 +63,8 @@ class Runner:
         self._heartbeat: Heartbeat | None = None
         self._canonical: Executor | None = None  # builds nothing: specs for the goldens
         self._requests: dict[tuple[Path, str], BuildRequest] = {}
+        if getattr(config, "workerinput", None) is None:
+            free_basetemp(config.option.basetemp)
 
     # ---- locations ----------------------------------------------------------------------
 
@@ -86,8 +96,33 @@ class Runner:
             return self._store_dir
 
     @property
+    def bundle_dir(self) -> Path:
+        """This process's own directory in the per-user bundle root (see the module
+        docstring); removed when pytest ends, unless bundles are kept."""
+        with self._lock:
+            if self._bundle_dir is None or not self._bundle_dir.name.startswith(
+                    f"ocibuild-{os.getpid()}-"):  # made by the parent of a forked process
+                from pytest_ocibuild.build.atomic import remove_tree
+                from pytest_ocibuild.build.locations import bundle_root
+
+                path = bundle_root() / f"ocibuild-{os.getpid()}-{secrets.token_hex(4)}"
+                path.mkdir(mode=0o711)
+                if not self.settings.keep_bundles:
+                    pid = os.getpid()
+                    self.config.add_cleanup(
+                        lambda: remove_tree(path) if os.getpid() == pid else None)
+                self._bundle_dir = path
+            return self._bundle_dir
+
+    def new_bundle_dir(self, tag: str) -> Path:
+        """A fresh directory below ``bundle_dir`` (e.g. one test's bundle root)."""
+        path = self.bundle_dir / f"{tag}-{next(self._bundle_dirs)}"
+        path.mkdir(mode=0o711)
+        return path
+
+    @property
     def work_dir(self) -> Path:
-        """This process's own directory for bundles, runc state and build logs."""
+        """This process's own directory (under basetemp) for build logs."""
         with self._lock:
             if self._work_dir is None:
                 self._work_dir = self._tmp_factory().mktemp("ocibuild")
@@ -150,7 +185,7 @@ class Runner:
         with self._lock:
             if provider not in self._executors:
                 self._executors[provider] = self.new_executor(
-                    self.work_dir / f"bundles-{provider}", inputs=provider)
+                    self.bundle_dir / f"bundles-{provider}", inputs=provider)
             return self._executors[provider]
 
     def golden_spec(self, request: BuildRequest) -> dict[str, Any]:
@@ -299,6 +334,27 @@ class Runner:
                 reporter.write_line(line)
             else:  # xdist workers have no terminal; their stderr is the controller's
                 print(f"[{self.worker_id}] {line}", file=sys.stderr, flush=True)
+
+
+def free_basetemp(basetemp: str | None) -> list[str]:
+    """Detach mounts a killed run of an older version left below ``--basetemp`` (in bundle
+    directories of dead processes), which would make pytest's removal of it fail and then
+    its ``mkdir`` raise FileExistsError (an INTERNALERROR). The mount points detached."""
+    if not basetemp or not os.path.isdir(basetemp):
+        return []
+    from pytest_ocibuild.build.atomic import pid_alive
+    from pytest_ocibuild.build.lifecycle import mounts_under, owner_pid
+    from pytest_ocibuild.build.materialize import unmount
+    from pytest_ocibuild.build.root_pool import pool_pid
+
+    done = []
+    for point in sorted(mounts_under(Path(basetemp)), key=len, reverse=True):
+        pids = {owner_pid(part) or pool_pid(part) for part in point.split("/")} - {None}
+        if pids and not any(pid_alive(pid) for pid in pids if pid is not None):
+            with suppress(Exception):
+                unmount(point, lazy=True)
+                done.append(point)
+    return done
 
 
 @contextmanager

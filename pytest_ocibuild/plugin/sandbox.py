@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ocibuild.build.executor import Executor
+from pytest_ocibuild.build.logs import read_stream
 from pytest_ocibuild.build.request import Build, BuildRequest, node_to_dict
 from pytest_ocibuild.build.request_io import request_from_dict
 from pytest_ocibuild.castore.ingest import get_directory, ingest_path
@@ -83,12 +84,12 @@ class BuildResult:
     @property
     def stdout(self) -> str:
         """The build's stdout alone."""
-        return _read_text(self.build.stdout_path)
+        return read_stream(self.build.log_path, "stdout").decode(errors="replace")
 
     @property
     def stderr(self) -> str:
         """The build's stderr alone."""
-        return _read_text(self.build.stderr_path)
+        return read_stream(self.build.log_path, "stderr").decode(errors="replace")
 
 
 def _read_text(path: str | None) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from pytest_ocibuild.build.yaml_load import LIMITS, Limits, YamlLoadError, compose, construct
 from pytest_ocibuild.plugin.quickcheck import surely_valid
 
 Path_ = tuple[str | int, ...]  # a location inside the loaded data: keys and list indexes
@@ -39,26 +40,22 @@ class YamlError(Exception):
         self.line = line
 
 
-def load_yaml(text: str) -> tuple[Any, Lines]:
-    """Parse one YAML document (safe tags only); duplicate keys are an error."""
-    loader = _LOADER(text)
+def load_yaml(text: str | bytes, limits: Limits = LIMITS) -> tuple[Any, Lines]:
+    """Parse one YAML document (safe tags only); duplicate keys are an error.
+
+    Bounded by ``limits`` (size, nodes after alias expansion, nesting: build.yaml_load);
+    non-UTF-8 bytes are a YamlError citing their line.
+    """
     try:
-        node = loader.get_single_node()
-        lines = Lines()
-        data = None if node is None else _build(loader, node, (), lines)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        raise YamlError(str(e.problem or e.context or e), mark.line + 1 if mark else 1) from None
-    except yaml.YAMLError as e:
-        raise YamlError(str(e).splitlines()[0], 1) from None
-    finally:
-        loader.dispose()
+        with compose(text, limits) as (loader, node):
+            lines = Lines()
+            data = None if node is None else _build(loader, node, (), lines)
+    except YamlLoadError as e:
+        raise YamlError(e.problem, e.line or 1) from None
     return data, lines
 
 
 _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
-# libyaml's parser (same nodes, marks and errors) is ~8x faster than the pure-Python one.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, lines: Lines) -> Any:
@@ -69,7 +66,7 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, lines: Lines) 
         loader.flatten_mapping(node)  # resolves '<<' merge keys
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            key = construct(loader, key_node)
             if not isinstance(key, str | int | float | bool):
                 raise YamlError("mapping keys must be scalars", key_node.start_mark.line + 1)
             key = str(key)
@@ -80,7 +77,7 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, lines: Lines) 
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(loader, item, (*path, i), lines) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    return construct(loader, node)
 
 
 _BYTES = {

@@ -16,6 +16,7 @@ import pytest
 
 from pytest_ocibuild.build.bundle import BundleLayout, make_bundle
 from pytest_ocibuild.build.ids import IdMaps
+from pytest_ocibuild.build.logs import read_stream
 from pytest_ocibuild.build.request import AdditionalFile, BuildRequest, Constraints, EnvVar
 from pytest_ocibuild.build.runc import RuncRuntime
 from pytest_ocibuild.build.spec import make_spec
@@ -204,12 +205,13 @@ def test_keyboard_interrupt_kills_and_cleans_up(runtime: RuncRuntime, run_bundle
 
 def start_sleeper(runtime: RuncRuntime,
                   run_bundle: Runner) -> tuple[threading.Thread, list[Any], str]:
-    """A ``sleep 100`` build in a thread, once its container exists: (thread, result, id)."""
+    """A ``sleep 100`` build in a thread, once its container runs: (thread, result, id)."""
     result: list[Any] = []
     t = threading.Thread(target=lambda: result.append(run_bundle(sh("sleep 100"))))
     t.start()
     deadline = time.monotonic() + 20
-    while not runtime.list() and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (  # started: runc removed its exec.fifo
+            runtime.list() and not (runtime.state_dir / runtime.list()[0] / "exec.fifo").exists()):
         time.sleep(0.05)
     [cid] = runtime.list()
     return t, result, cid
@@ -288,6 +290,7 @@ def test_unprivileged_runc_is_runtime_unavailable(runtime: RuncRuntime) -> None:
         wrapper.chmod(0o755)
         r = sh("true")
         layout = make_bundle(r, make_spec(r, id_maps=IdMaps.detect()), base / "bundle")
+        layout.bundle_dir.chmod(0o755)  # only root may enter a bundle; nobody must get to runc
         (base / "state").mkdir(mode=0o777)
         (base / "state").chmod(0o777)
         rt = RuncRuntime(str(wrapper), state_dir=base / "state")
@@ -310,9 +313,12 @@ def test_missing_binary(tmp_path: Path) -> None:
 
 
 def test_default_state_dir_is_per_user() -> None:
+    from pytest_ocibuild.build.locations import user_dir
+
     rt = RuncRuntime()
     assert rt.state_dir.name == "runc"
-    assert rt.state_dir.parent.name == f"ocibuild-{os.geteuid()}"
+    assert rt.state_dir.parent == user_dir()
+    assert user_dir().name in ("ocibuild", f"ocibuild-{os.geteuid()}")
 
 
 def test_sandbox_as_nix_shows_it(run_bundle: Runner) -> None:
@@ -345,8 +351,8 @@ def test_concurrent_runs_share_one_reaper(runtime: RuncRuntime, run_bundle: Runn
         shutil.copy2(BUSYBOX, layout.inputs_dir / "busybox")
         cid = container_id(f"c{i}")
         status = runtime.run(layout.bundle_dir, cid, log=log, timeout=60)
-        results[i] = (status.code, log.read_text(), Path(f"{log}.stdout").read_text(),
-                      Path(f"{log}.stderr").read_text(), cid)
+        results[i] = (status.code, log.read_text(), read_stream(log, "stdout").decode(),
+                      read_stream(log, "stderr").decode(), cid)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(1, 5)]
     for t in threads:
@@ -390,13 +396,13 @@ def test_deferring_deletes(runtime: RuncRuntime, run_bundle: Runner) -> None:
     assert runtime.list() == []
 
 
-def test_reaper_survives_its_client_and_deletes_its_job(tmp_path: Path) -> None:
-    """A client killed mid-build leaves its container running (for ``purge``, as before);
-    its reaper deletes the container once it ends, then exits."""
+def test_reaper_kills_the_job_of_a_killed_client_and_exits(tmp_path: Path) -> None:
+    """A client killed mid-build: its reaper kills and deletes the container within seconds
+    (no purge), and exits."""
     import subprocess
     import sys
 
-    r = sh("sleep 2; echo done > /build/out")
+    r = sh("sleep 60; echo done > /build/out")
     layout = make_bundle(r, make_spec(r, id_maps=IdMaps.detect()), tmp_path / "b")
     shutil.copy2(BUSYBOX, layout.inputs_dir / "busybox")
     rt = RuncRuntime("runc", state_dir=tmp_path / "state")
@@ -412,17 +418,34 @@ def test_reaper_survives_its_client_and_deletes_its_job(tmp_path: Path) -> None:
         while rt.list() != [cid] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert rt.list() == [cid]
+        reapers = [p for p in os.listdir("/proc") if p.isdigit() and _is_reaper_of(p, child.pid)]
+        assert len(reapers) == 1
         child.kill()
         child.wait()
-        time.sleep(0.2)
-        assert rt.list() == [cid]  # still running: nothing killed it
-        deadline = time.monotonic() + 20
-        while rt.list() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 5
+        while (rt.list() or _alive(int(reapers[0]))) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert rt.list() == []
-        assert layout.output_host_path("build/out").read_text() == "done\n"
+        assert rt.list() == [] and not os.listdir(rt.state_dir)
+        assert not _alive(int(reapers[0])), "the reaper outlived its client's cleanup"
+        assert not layout.output_host_path("build/out").exists()
     finally:
         rt.purge("")
+
+
+def _is_reaper_of(pid: str, client: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(c.endswith(b"reaper.py") for c in cmd) and str(client).encode() in cmd
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_runc_gets_the_callers_environment_and_log(tmp_path: Path,

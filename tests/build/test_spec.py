@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pytest_ocibuild.build.bundle import scratch_name
-from pytest_ocibuild.build.ids import IdMaps
+from pytest_ocibuild.build.ids import BLOCK, ID_START, IdMaps
 from pytest_ocibuild.build.request import AdditionalFile, BuildRequest, Constraints, EnvVar
 from pytest_ocibuild.build.schema import SchemaUnavailable, validate_spec
 from pytest_ocibuild.build.spec import (
@@ -273,8 +273,12 @@ def test_detect_skips_empty_ranges(tmp_path: Path) -> None:
 def test_detect_root_without_subuid(tmp_path: Path) -> None:
     m = IdMaps.detect(uid=0, gid=0, user="root", subuid_path=tmp_path / "none",
                       subgid_path=tmp_path / "none")
-    assert m.uid_mappings == ((0, 0, 1), (1000, 1000, 1))
-    assert m.gid_mappings == ((0, 0, 1), (100, 100, 1))
+    # the build user is an id no account has (ids.ID_START's range), never host 1000
+    build = ID_START + BLOCK
+    assert m.uid_mappings == ((0, 0, 1), (1000, build, 1))
+    assert m.gid_mappings == ((0, 0, 1), (100, build, 1))
+    assert IdMaps.detect(uid=0, gid=0, user="root", subuid_path=tmp_path / "none",
+                         subgid_path=tmp_path / "none", slot=1).host_uid(1000) == build + BLOCK
 
 
 def test_detect_unprivileged_without_subuid(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""SIGKILL a build at many moments; the next start cleans up and loses nothing committed.
+"""SIGKILL a build and its reaper at many moments; the next start cleans up and loses nothing
+committed.
 
 Each iteration runs a build in a child process (real runc, a ~50 MB output so that ingest
 takes a while) and kills it after a delay stepping through the measured length of a whole
@@ -9,7 +10,6 @@ the store must verify clean, and a result committed before the kills must still 
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +25,7 @@ from pytest_ocibuild.build.runc import RuncRuntime
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Node
 from tests.cache.conftest import REPO, child_cmd, sh
+from tests.cache.test_lifecycle import kill_client_and_reaper
 
 pytestmark = pytest.mark.runc
 
@@ -70,8 +71,7 @@ def test_sigkill_at_many_points(tmp_path: Path, root: Path, busybox: Node, provi
         proc = subprocess.Popen(child_cmd(root, work, req, *args), cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(total * (0.1 + i / kills))  # from start-up to just past the commit
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_client_and_reaper(proc)  # alone, its reaper cleans up (tests/hostile)
         left = {"containers": len(runtime.list()), "mounts": len(mounts_under(work)),
                 "staging": len(LocalStore(root).staging_files())}
         purge(store_root=root, bundle_root=work / "bundles", runtime=runtime)

@@ -37,6 +37,24 @@ def start_child(root: Path, work: Path, req: Path) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True)
 
 
+def kill_client_and_reaper(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """SIGKILL a build client and its reaper (stopped first, so that it cleans nothing up):
+    what a kill of both leaves (e.g. of a whole session) is for ``purge``."""
+    reapers = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(c.endswith(b"reaper.py") for c in cmd) and str(proc.pid).encode() in cmd:
+            reapers.append(int(entry))
+            os.kill(int(entry), signal.SIGSTOP)
+    proc.kill()
+    proc.wait()
+    for pid in reapers:
+        os.kill(pid, signal.SIGKILL)
+
+
 def wait_for_containers(runtime: RuncRuntime, n: int, timeout: float = 30) -> list[str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -60,8 +78,7 @@ def test_purge_removes_dead_runs_and_keeps_live_ones(tmp_path: Path, root: Path,
     alive = start_child(root, work, reqs[1])
     try:
         wait_for_containers(runtime, 2)
-        doomed.send_signal(signal.SIGKILL)
-        doomed.wait()
+        kill_client_and_reaper(doomed)  # its reaper would clean up (see tests/hostile)
         if os.geteuid() == 0:  # materialized inputs are a read-only bind mount as root
             assert any(f"-{doomed.pid}-" in m for m in mounts_under(work / "bundles"))
         report = purge(store_root=root, bundle_root=work / "bundles", runtime=runtime)

@@ -115,7 +115,9 @@ def test_what_a_crashed_run_left_is_purged(corpus: Path) -> None:
     """The purge runs beside the build now, not before it: it still happens."""
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid nobody has (the next ones are handed out after it)
-    left = corpus / "bundles" / f"ocibuild-{gone.pid}-0-0123456789ab"
+    from pytest_ocibuild.build.locations import bundle_root
+
+    left = bundle_root() / f"ocibuild-{gone.pid}-0-0123456789ab"  # bundles are per user
     (left / "scratch").mkdir(parents=True)
     res = subprocess.run([sys.executable, "-m", "pytest_ocibuild", *build_args(corpus)],
                          capture_output=True, text=True, check=False)
