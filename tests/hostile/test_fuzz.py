@@ -144,13 +144,17 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
+def _spec_is_clean(path: Path, data: bytes) -> None:
+    """``ocibuild spec`` of ``data`` written to ``path``: valid, or one clean error line."""
+    path.write_bytes(data)
+    rc, stderr = _run_cli("spec", str(path), "--store", str(path.parent / "store"))
+    assert_clean(rc, stderr, path)
+
+
 @FUZZ
 @given(data=mutations(HELLO, _request_fields))
 def test_fuzzed_request_through_spec_is_one_line_or_valid(work: Path, data: bytes) -> None:
-    path = work / "request.yaml"
-    path.write_bytes(data)
-    rc, stderr = _run_cli("spec", str(path), "--store", str(work / "store"))
-    assert_clean(rc, stderr, path)
+    _spec_is_clean(work / "request.yaml", data)
 
 
 HELLO_JSON = json.dumps(yaml.safe_load(HELLO), indent=1).encode()
@@ -167,10 +171,7 @@ def _json_fields(n: int) -> st.SearchStrategy[bytes]:
 @settings(FUZZ, max_examples=25)
 @given(data=mutations(HELLO_JSON, _json_fields))
 def test_fuzzed_json_request_through_spec(work: Path, data: bytes) -> None:
-    path = work / "request.json"
-    path.write_bytes(data)
-    rc, stderr = _run_cli("spec", str(path), "--store", str(work / "store"))
-    assert_clean(rc, stderr, path)
+    _spec_is_clean(work / "request.json", data)
 
 
 @pytest.mark.parametrize("text", [
