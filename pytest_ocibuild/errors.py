@@ -53,10 +53,24 @@ class RuntimeUnavailable(OcibuildError):
     reason = "runtime-unavailable"
 
 
-class BuildFailed(OcibuildError):
-    """A build ran but failed: non-zero exit, missing output, timeout.
+# The stable ``reason`` of each way a build can fail (BuildFailed.reason).
+BUILD_FAILURE_REASONS: tuple[str, ...] = (
+    "exit-code",  # the builder exited non-zero (or was killed by a signal: 128+N)
+    "missing-output",  # an output path does not exist after the build
+    "timeout",  # the wall-clock timeout killed it
+    "silent-timeout",  # limits.max_silent_time without output killed it
+    "out-of-memory",  # the kernel killed a process at limits.memory
+    "too-many-processes",  # it failed after a fork was refused at limits.pids
+    "output-too-large",  # it left more than limits.disk bytes / limits.entries entries
+    "output-rejected",  # an output holds a fifo, socket or device (or a cache a special bit)
+    "output-path-escapes",  # an output path goes through a symlink the build made
+    "suspicious-output",  # an output root is writable by group or others (Nix refuses it)
+)
 
-    ``reason`` is one of ``exit-code``, ``missing-output``, ``timeout``, ``output-invalid``.
+
+class BuildFailed(OcibuildError):
+    """A build ran but failed; ``reason`` is one of BUILD_FAILURE_REASONS.
+
     ``detail`` holds the log tail.
     """
 

@@ -179,7 +179,29 @@ def older_than(path: Path, seconds: float) -> bool:
 
 
 def remove_tree(path: Path) -> None:
-    """Delete a tree even where a build left read-only directories (missing is fine)."""
+    """Delete a tree even where a build left read-only directories (missing is fine).
+
+    As a normal user, what a build wrote belongs to the caller's subordinate ids: when plain
+    removal is refused (EACCES/EPERM), the tree is removed through a user namespace mapping
+    them (``userns``).
+    """
+    if os.geteuid() != 0:
+        from pytest_ocibuild.build import userns
+
+        if userns.usable():
+            try:  # no chmod retries: the namespace's root ignores modes
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                elif os.path.lexists(path):
+                    os.unlink(path)
+            except (PermissionError, FileNotFoundError):
+                if os.path.lexists(path):
+                    userns.remove_tree(path)
+            return
+    _remove_tree(path)
+
+
+def _remove_tree(path: Path) -> None:
 
     def onerror(func: object, p: str, _exc: object) -> None:
         parent = os.path.dirname(p)

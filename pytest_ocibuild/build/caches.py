@@ -147,12 +147,12 @@ class CacheStore:
                 stack.callback(remove_tree, path)
                 _clone_tree(base / f"snap-{gen}", path)
                 if owner is not None:
-                    with contextlib.suppress(PermissionError):
-                        os.chown(path, *owner)
+                    _hand_over(path, owner)
             yield CacheClone(self, name, path, gen)
 
     def _commit(self, clone: CacheClone) -> bool:
         try:
+            _take_back(clone.path)
             found = rejected_entry(clone.path)
         except OSError as e:
             raise BuildFailed(f"cache {clone.name!r}: cannot check the clone before committing "
@@ -246,6 +246,27 @@ def _swap_current(base: Path, target: str) -> None:
     tmp = base / f".current-{os.getpid()}-{os.urandom(4).hex()}"
     os.symlink(target, tmp)
     os.replace(tmp, base / "current")
+
+
+def _hand_over(path: Path, owner: tuple[int, int]) -> None:
+    """Give a fresh clone to the build user: its top directory as root; the whole tree (the
+    caller's, see ``_take_back``) through the user namespace as a normal user."""
+    from pytest_ocibuild.build import userns
+
+    if os.geteuid() != 0 and userns.usable():
+        userns.chown_tree(path, *owner)
+        return
+    with contextlib.suppress(PermissionError):
+        os.chown(path, *owner)
+
+
+def _take_back(path: Path) -> None:
+    """As a normal user, give what a build left in a clone (its subordinate ids') back to
+    the caller before it is checked and committed (nothing to do as root)."""
+    from pytest_ocibuild.build import userns
+
+    if os.geteuid() != 0 and userns.usable():
+        userns.give_back(path)
 
 
 def _clone_tree(src: Path, dst: Path) -> None:

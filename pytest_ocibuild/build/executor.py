@@ -10,6 +10,12 @@ when the caller says it expects one (``build(..., expect_timeout=True)``) and is
 such a call with a timeout no longer than the recorded one. Each build's log is kept in the
 ResultStore whatever the outcome (``ocibuild log KEY``).
 
+Each build runs in a slot (at most ``max_parallel`` at once, across processes sharing the
+bundle root); as root, each slot has its own unused host uid/gid (build.ids), so concurrent
+builds cannot touch each other's files or processes. Its limits (build.limits) are the
+request's, then the executor's, then the defaults; a build stopped at one fails with that
+limit's reason, and what it left is checked against its disk budget before any ingest.
+
 Commit order: outputs are ingested (content-addressed, each object renamed into place), then
 the log is saved, then the record is written, so a crash at any point leaves either no record
 or a record whose objects are all present; ``purge`` removes the rest.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -27,18 +34,15 @@ from typing import TYPE_CHECKING
 
 from pytest_ocibuild.build import logs
 from pytest_ocibuild.build.atomic import file_lock, remove_tree
-from pytest_ocibuild.build.bundle import (
-    BundleLayout,
-    BundleShell,
-    build_owner,
-    make_bundle,
-    root_skeleton,
-)
+from pytest_ocibuild.build.budget import check_budget
+from pytest_ocibuild.build.bundle import BundleLayout, BundleShell, make_bundle, plan_bundle
 from pytest_ocibuild.build.caches import CacheStore
 from pytest_ocibuild.build.ids import IdMaps
 from pytest_ocibuild.build.inputs import InputProvider, open_input_provider
+from pytest_ocibuild.build.limits import Limits, limit_failure
 from pytest_ocibuild.build.locations import bundle_root as user_bundle_root
 from pytest_ocibuild.build.locations import default_store_dir
+from pytest_ocibuild.build.logs import log_tail
 from pytest_ocibuild.build.refscan import scan_node
 from pytest_ocibuild.build.request import Build, BuildRequest
 from pytest_ocibuild.build.results import (
@@ -62,21 +66,7 @@ if TYPE_CHECKING:
 
 CONTAINER_PREFIX = "ocibuild-"  # containers and bundles: ocibuild-<pid>-<n>-<digest12>
 CACHEABLE_FAILURES = ("exit-code", "missing-output")
-LOG_TAIL_LINES = 25
 _counter = itertools.count()
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES, max_bytes: int = 64 * 1024) -> str:
-    """The last ``lines`` lines of a log file (reads at most ``max_bytes`` from its end)."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
 class Executor:
@@ -102,6 +92,7 @@ class Executor:
         caches: CacheStore | None = None,
         cache: bool = True,
         cache_failures: bool = False,
+        limits: Limits | None = None,
     ) -> None:
         self.store = store
         self.inputs = inputs
@@ -115,7 +106,10 @@ class Executor:
         self.cache = cache
         self.cache_failures = cache_failures
         self.stats = CacheStats()
+        self.limits = limits or Limits()  # what a request leaves unset (then build.limits)
         self._id_maps = id_maps
+        self._id_maps_given = id_maps is not None
+        self._per_slot: dict[int, IdMaps] = {}
         self._slots = Slots(self.bundle_root / "slots", self.max_parallel)
         self._roots = RootPool(self.bundle_root / SHARED_DIR)
         self._shells = RootPool(self.bundle_root / SHARED_DIR, "bundles")
@@ -129,9 +123,27 @@ class Executor:
                 self._id_maps = IdMaps.detect()
             return self._id_maps
 
-    def spec(self, request: BuildRequest) -> dict:
-        """The OCI config.json a build of ``request`` uses."""
-        return make_spec(request, id_maps=self.id_maps, network_files=host_network_files())
+    def _slot_maps(self, slot: int) -> IdMaps:
+        with self._lock:
+            if slot not in self._per_slot:
+                self._per_slot[slot] = IdMaps.detect(slot=slot, reach=self.bundle_root)
+            return self._per_slot[slot]
+
+    def limits_for(self, request: BuildRequest) -> Limits:
+        """The limits a build of ``request`` runs under, every one set (see build.limits)."""
+        return request.limits.over(self.limits).resolved(request.constraints.min_memory)
+
+    def spec(
+        self, request: BuildRequest, *, slot: int | None = None, cgroups: bool | None = None
+    ) -> dict:
+        """The OCI config.json a build of ``request`` uses (in build slot ``slot``: as root,
+        each slot has its own host ids; None: the maps given or detected once). ``cgroups``:
+        limits as cgroups (default: when root; see spec.make_spec)."""
+        id_maps = self.id_maps if slot is None or self._id_maps_given else \
+            self._slot_maps(slot)
+        return make_spec(request, id_maps=id_maps, network_files=host_network_files(),
+                         limits=self.limits_for(request),
+                         cgroups=os.geteuid() == 0 if cgroups is None else cgroups)
 
     def purge(self) -> PurgeReport:
         """Remove what crashed runs left (their containers, mounts, bundles, staging, locks)."""
@@ -237,7 +249,7 @@ class Executor:
             raise RuntimeUnavailable(reason)
         if request.caches and self.caches is None:
             raise BundleError("the request uses caches but this executor has no cache store")
-        spec = self.spec(request)
+        limits = self.limits_for(request)
         cid = f"{CONTAINER_PREFIX}{os.getpid()}-{next(_counter)}-{request.digest.hex[:12]}"
         bundle_dir = self.bundle_root / cid
         # The log is written once: into the result store's staging and then renamed into
@@ -249,8 +261,10 @@ class Executor:
         else:
             log_path = shown = log or self.bundle_root / "logs" / f"{cid}.log"
             logs.create(log_path)
-        skeleton = root_skeleton(request, spec)
-        with self._slots.acquire(), contextlib.ExitStack() as stack:
+        with self._slots.acquire() as slot, contextlib.ExitStack() as stack:
+            spec = self.spec(request, slot=slot)  # each slot builds as its own host ids
+            plan = plan_bundle(request, spec)  # owners and mount points, derived once
+            skeleton = plan.skeleton
             # runc deletes the container while we ingest the outputs and remove the bundle
             stack.enter_context(self.runtime.deferring_deletes())
             # a root of an earlier build (kept bundles get their own)
@@ -261,25 +275,30 @@ class Executor:
             if pooled:
                 bundle_dir = stack.enter_context(self._shells.use(BundleShell.of(request)))
             clones = {c.name: stack.enter_context(self.caches.use(  # type: ignore[union-attr]
-                c.name, owner=build_owner(spec))) for c in request.caches}
+                c.name, owner=plan.owners.build)) for c in request.caches}
             try:
                 layout = make_bundle(request, spec, bundle_dir,
                                      cache_dirs={n: c.path for n, c in clones.items()},
                                      shared_dir=self.bundle_root / SHARED_DIR, rootfs=rootfs,
-                                     reuse=pooled)
+                                     reuse=pooled, plan=plan)
                 with self.inputs.provide(self.store, request.inputs, layout.inputs_dir):
-                    status = self.runtime.run(bundle_dir, cid, log=log_path, timeout=timeout)
-                if status.timed_out:
+                    status = self.runtime.run(bundle_dir, cid, log=log_path, timeout=timeout,
+                                              max_silent=limits.max_silent_time)
+                if os.geteuid() != 0:  # what a rootless build wrote: the caller's again
+                    from pytest_ocibuild.build.userns import give_back
+
+                    give_back([*layout.scratch_dirs.values(), layout.root_dir / "tmp",
+                               *(Path(c.path) for c in clones.values())])
+                # over budget first: a file stopped at RLIMIT_FSIZE is why such a build failed
+                failure = check_budget(layout, clones, limits) \
+                    or limit_failure(status, timeout, limits) \
+                    or ((f"builder failed with exit code {status.code}", "exit-code")
+                        if status.code != 0 else None)
+                if failure is not None:
                     raise BuildFailed(
-                        f"build timed out after {timeout:g}s and was killed",
-                        reason="timeout", detail=log_tail(log_path), log_path=str(shown),
-                    )
-                if status.code != 0:
-                    raise BuildFailed(
-                        f"builder failed with exit code {status.code}",
-                        reason="exit-code", detail=log_tail(log_path),
-                        exit_code=status.code, log_path=str(shown),
-                    )
+                        failure[0], reason=failure[1], detail=log_tail(log_path),
+                        exit_code=status.code if failure[1] == "exit-code" else None,
+                        log_path=str(shown))
                 nodes, needles = self._collect(request, layout, log_path, shown)
             finally:
                 if not self.keep_bundles and not pooled:
@@ -311,6 +330,12 @@ class Executor:
                             reason="missing-output", detail=log_tail(log_path),
                             log_path=str(shown),
                         )
+                    if request.reject_writable_outputs and not stat.S_ISLNK(entry.mode) \
+                            and entry.mode & 0o022:
+                        raise BuildFailed(
+                            f"output {output!r} is writable by group or others (mode "
+                            f"{stat.S_IMODE(entry.mode):04o})", reason="suspicious-output",
+                            path=output)
                     try:
                         node = ingest_path(self.store, entry.path)
                     except UnsupportedFileType as e:
@@ -341,8 +366,11 @@ def open_executor(
     cache: bool = True,
     cache_failures: bool = False,
     purge: bool = True,
+    limits: Limits | None = None,
 ) -> Executor:
     """An Executor from plain settings (the CLI and the pytest plugin use this).
+
+    ``limits``: what requests leave unset (then the defaults of build.limits).
 
     A directory store gets a ResultStore and a CacheStore beside it (``memory://`` gets
     neither). ``cache=False`` forces rebuilds (results are still recorded). ``purge`` first
@@ -364,6 +392,7 @@ def open_executor(
         caches=CacheStore(store_dir) if on_disk else None,
         cache=cache,
         cache_failures=cache_failures,
+        limits=limits,
     )
     if purge:
         executor.purge()

@@ -47,7 +47,8 @@ def check_fuse(*, allow_other: bool = True) -> Any:
     if not os.path.exists("/dev/fuse"):
         raise RuntimeUnavailable("FUSE inputs need /dev/fuse: load the fuse kernel module")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        raise RuntimeUnavailable("FUSE inputs need read/write access to /dev/fuse")
+        raise RuntimeUnavailable("FUSE inputs need read/write access to /dev/fuse (as root: "
+                                 "chmod 0666 /dev/fuse, Debian's default)")
     try:
         import mfusepy
     except (OSError, ImportError) as e:
@@ -56,7 +57,8 @@ def check_fuse(*, allow_other: bool = True) -> Any:
         if not (shutil.which("fusermount") or shutil.which("fusermount3")):
             raise RuntimeUnavailable("FUSE inputs need fusermount: install fuse3 (or fuse)")
         if allow_other and not _user_allow_other():
-            raise RuntimeUnavailable("FUSE inputs need 'user_allow_other' in /etc/fuse.conf")
+            raise RuntimeUnavailable("FUSE inputs need 'user_allow_other' in /etc/fuse.conf (as "
+                                     "root: echo user_allow_other >> /etc/fuse.conf)")
     return mfusepy
 
 

@@ -13,9 +13,12 @@ Inside the sandbox the build runs as uid 1000 / gid 100 (like Nix). On the host:
   only when runc can reach the root filesystem as it: runc's init bind-mounts and opens the
   rootfs as container root, so every directory down to the bundle root must be searchable by
   that id (``reach``); otherwise container root stays host root (``0 0 1``).
-- **As a normal user**, container 0 maps to the caller and 1000 / 100 to the first id of the
-  caller's ``/etc/subuid`` / ``/etc/subgid`` range (first line naming the user or its uid);
-  without such a line ``detect`` raises RuntimeUnavailable saying which line to add.
+- **As a normal user**, container 0 maps to the caller and 1000 / 100 to an id of the
+  caller's ``/etc/subuid`` / ``/etc/subgid`` range (first line naming the user or its uid):
+  build slot ``i`` gets the range's ``i``-th id (modulo its size), so concurrent builds do not
+  share a host uid either; without such a line ``detect`` raises RuntimeUnavailable saying
+  which line to add. What such builds leave is removed through a user namespace mapping the
+  whole range (``userns``).
   (Unprivileged runc also needs ``newuidmap``/``newgidmap`` from the ``uidmap`` package.)
 """
 
@@ -70,7 +73,7 @@ class IdMaps:
     ) -> IdMaps:
         """Maps for the calling process (parameters override euid, egid, user name, files).
 
-        ``slot``: the build slot (root only: each slot has its own build uid). ``reach``: the
+        ``slot``: the build slot (each slot has its own build uid and gid). ``reach``: the
         bundle root; as root, container root maps to an unused id only if that id can search
         every directory down to it (None: container root is host root).
         """
@@ -98,8 +101,8 @@ class IdMaps:
                 f"'{who}:100000:65536' to /etc/subuid and /etc/subgid (or run as root)"
             )
         return cls(
-            uid_mappings=_pair(uid, BUILD_UID, sub_uid[0]),
-            gid_mappings=_pair(gid, BUILD_GID, sub_gid[0]),
+            uid_mappings=_pair(uid, BUILD_UID, sub_uid[0] + slot % sub_uid[1]),
+            gid_mappings=_pair(gid, BUILD_GID, sub_gid[0] + slot % sub_gid[1]),
         )
 
     @classmethod

@@ -1,65 +1,16 @@
 """The reaper: one long-lived helper process that runs ``runc run --detach`` for every build.
 
 Executed as a script (``python -I -S reaper.py CONTROL_FD PERSONALITY [CLIENT_PID [ROOT...]]``;
-stdlib only) by ``reaper_client``, once per client process. ``runc run`` without a terminal
-pumps the build's stdio through pipes of its own; detached, runc hands the container the fds
-0-2 we give it as they are, but then exits while the container runs. This process therefore
-is a child subreaper (``PR_SET_CHILD_SUBREAPER``): when runc exits, the orphaned container
-init is reparented here and ``waitpid`` gives its exit code or signal. Being long-lived, it
-saves every build an interpreter start.
+stdlib only) by ``reaper_client``, once per client process. It is a child subreaper, so a
+detached container's init is reparented here and ``waitpid`` gives its exit status; it pumps
+the build's stdout and stderr into the log (and the stream records into ``<log>.runs``),
+answers each job twice (``{"code", "runc_log", "limits"}`` once the init is reaped and the
+output complete, ``{"deleted"}`` once the container is deleted, by hand when runc's state
+allows it, else by ``runc delete``), and watches its client through a pidfd: when the client
+dies by any signal, every job is killed and deleted and what the client left in its bundle
+roots (mounts, bundles, pools) is removed, then the reaper exits.
 
-Protocol: ``CONTROL_FD`` is an ``AF_UNIX`` ``SOCK_SEQPACKET`` socket. Each message on it is one
-job: JSON ``{"argv": [runc, "--root", R, "--log", "/proc/self/fd/3", ..., "run", "--detach",
-..., ID], "env": {...}, "state": R/ID, "delete": [runc, ..., "delete", "--force", ID],
-"bundle": B}`` (runc runs with the client's environment of the moment) with four fds
-(SCM_RIGHTS): the job's own channel (a SEQPACKET socket), the combined log, and twice the
-log's runs file (``build.logs``; all appended to). runc's fd 3 is an anonymous memory file
-of the reaper's (no file to create and remove, and runc's ``O_SYNC`` costs nothing there);
-what runc logs to it comes back in the first answer. The container's init pid is read from runc's
-``R/ID/state.json`` (``init_process_pid``, what ``runc state`` reports) rather than written by
-runc to a ``--pid-file`` (created ``O_SYNC``: a journal commit per build); only a runtime that
-is not runc is given ``--pid-file P`` and the job ``"pid_file": P``.
-
-On the channel the client may send ``kill`` (SIGKILL runc and the container's init). The
-reaper answers twice: ``{"code": N, "runc_log": TEXT}`` once the container's init is reaped and
-both output pipes are at EOF (the log is complete), then ``{"deleted": bool}`` once the
-container is deleted. A job whose channel the client closed while it is alive goes on, and is
-reaped and deleted when it ends. Other messages on ``CONTROL_FD`` (JSON, no fds):
-``{"watch": DIR}`` adds a bundle root to clean up in, ``{"bye": true}`` says the client exits.
-
-Nothing outlives the client. The reaper watches it (``pidfd_open(CLIENT_PID)`` in the event
-loop, and EOF on ``CONTROL_FD`` without a ``bye``): when it dies, by any signal, every job is
-killed (runc and the container's init, SIGKILL) and deleted, then what the client left in its
-bundle roots is removed: every mount below a directory named for the client's pid
-(``ocibuild-<pid>-...`` bundles and per-process roots, ``shared/roots-<pid>-<hex>`` and
-``shared/bundles-<pid>-<hex>`` pools) is detached (``umount2(MNT_DETACH)``; FUSE connections
-aborted first, ``fusermount3 -uz`` when not root), deepest first, and those directories are
-removed. Bundle roots are the ROOT arguments, ``watch`` messages, and the root each job's
-``bundle`` lies in. Then the reaper exits (after at most ``CLEANUP_WAIT`` seconds). After a
-``bye``, jobs still running are killed and deleted (the exiting client cannot use them), and
-the reaper exits once none is left.
-
-Deleting: once we have reaped the init of a container with its own PID namespace, the
-container is stopped and every process of it is gone; ``runc delete`` would then only remove
-its cgroups and its state directory ``R/ID`` (it runs poststop hooks and removes Intel RDT groups
-too, which our containers have none of). The reaper does that itself, saving a runc process
-per build, when ``R/ID/state.json`` says there is nothing else to do; otherwise (and whenever
-runc did not start the container, or a step fails) it runs ``delete``. Either happens after
-the exit answer, so the client's own work (ingesting outputs) overlaps the deletion (removing
-ten cgroup v1 directories took several milliseconds here).
-
-Output: the build's stdin is /dev/null itself. Its stdout and stderr are one pipe each; every
-chunk, as read, goes to the combined log (in the order the chunks were read), and a 5-byte
-record of its stream and length to the runs file, so each stream can be read back alone without
-being stored twice. The pipes reach EOF when every holder of their write ends is gone: the
-container's processes (all killed with its init, also on timeout) and runc (whose own errors
-thus land in the log too). Chunks written to the two streams within the same instant may
-appear in the combined log in either order.
-
-Exit code: runc's own when ``runc run --detach`` fails (the caller reads runc's log to tell
-why); otherwise the container's code, 128+N if signal N killed it (as ``runc run`` reports).
-``PERSONALITY`` (hex, 0: leave alone) is or-ed into this process's personality at start;
-runc 1.1.5 does not reset it, so builds inherit it (``ADDR_NO_RANDOMIZE``, as Nix sets).
+The protocol, the cleanup rules and why each step is done this way: docs/reaper.md.
 """
 
 from __future__ import annotations
@@ -67,7 +18,6 @@ from __future__ import annotations
 import array
 import contextlib
 import ctypes
-import errno
 import importlib.util
 import json
 import math
@@ -92,6 +42,7 @@ def _sibling(name: str) -> types.ModuleType:
 
 
 cleanup = _sibling("reaper_cleanup")
+cgroups = _sibling("reaper_cgroups")
 PR_SET_CHILD_SUBREAPER = 36
 _READ = selectors.EVENT_READ
 _FDS_PER_JOB = 4
@@ -117,48 +68,6 @@ def _kill(pid: int | None) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def remove_stopped(state_dir: str, state: dict) -> bool:
-    """Delete a stopped container as ``runc delete`` would: its cgroups, then ``state_dir``.
-
-    ``state``: its ``state.json``. False (leaving whatever is left to ``runc delete``) unless
-    that names no hooks, no Intel RDT group and no systemd-managed cgroup, and every step
-    works.
-    """
-    try:
-        config = state["config"]
-        if any((config.get("Hooks") or {}).values()) or state.get("intel_rdt_path") or \
-                (config.get("cgroups") or {}).get("Systemd"):
-            return False
-        cgroups = set((state.get("cgroup_paths") or {}).values())
-        for path in sorted(cgroups, key=len, reverse=True):  # children first
-            _remove_cgroup(path)
-        with os.scandir(state_dir) as it:
-            names = [e.name for e in it]
-        for name in names:  # state.json (and exec.fifo if runc left it)
-            os.unlink(os.path.join(state_dir, name))
-        os.rmdir(state_dir)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-    return True
-
-
-def _remove_cgroup(path: str) -> None:
-    """rmdir a cgroup whose processes are gone (the kernel may need a moment to notice)."""
-    if not path.startswith("/sys/fs/cgroup/"):
-        raise ValueError(f"not a cgroup: {path}")
-    for delay in (0.0, 0.001, 0.005, 0.02, 0.05):
-        time.sleep(delay)
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise
-    os.rmdir(path)
-
-
 class Job:
     """One build: runc, then the container's init, the output pipes, then ``runc delete``."""
 
@@ -177,6 +86,7 @@ class Job:
                 reaper.roots.add(found[0])
                 reaper.owned.add(os.path.realpath(found[1]))
         self.state: dict | None = None  # runc's state.json, once read
+        self.limits: list[str] = []  # cgroup limits a failed container reached
         self.sinks: dict[int, int] = {}
         self.init: int | None = None
         self.code: int | None = None
@@ -275,14 +185,17 @@ class Job:
         if self.code is None and self.init is not None and self.init in reaped:
             self.code = _status(reaped.pop(self.init))
             self.stopped = True
+            if self.code != 0 and self.state is not None:  # read before they are removed
+                self.limits = cgroups.limits_reached(self.state)
         if self.code is None:
             return False
         if not self.sinks and not self.exit_sent:  # answer first: the client goes on
             self.exit_sent = True
-            self._answer({"code": self.code, "runc_log": self._runc_log()})
+            self._answer({"code": self.code, "runc_log": self._runc_log(),
+                          "limits": self.limits})
         if self.stopped and self.deleted is None and self.deleter is None:
             self.stopped = False  # one try
-            if self.state is not None and remove_stopped(self.state_dir, self.state):
+            if self.state is not None and cgroups.remove_stopped(self.state_dir, self.state):
                 self.deleted = True
         if self.deleter is None and self.deleted is None:
             self.deleter = self.reaper.spawn_quiet(self.delete_argv, self.env)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import shutil
@@ -93,6 +94,21 @@ def _remove_tree(path: str) -> None:
                 os.unlink(p)
 
     shutil.rmtree(path, onerror=onerror)
+    if os.path.lexists(path) and os.geteuid() != 0:  # a rootless build's: subordinate ids
+        _userns().remove_tree(path)
+
+
+@functools.cache
+def _userns():  # type: ignore[no-untyped-def]
+    """build/userns.py, loaded once from beside this file (stdlib only, as this module)."""
+    import importlib.util
+
+    where = os.path.join(os.path.dirname(os.path.abspath(__file__)), "userns.py")
+    spec = importlib.util.spec_from_file_location("ocibuild_userns", where)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def clean_up(dirs: set[str], env: dict[str, str]) -> None:

@@ -42,11 +42,12 @@ class Job:
     def __init__(self, chan: socket.socket) -> None:
         self._chan = chan
 
-    def wait_exit(self, timeout: float | None) -> tuple[int, str]:
-        """The container's exit code (see reaper), once its output is complete, and what
-        runc logged."""
+    def wait_exit(self, timeout: float | None) -> tuple[int, str, tuple[str, ...]]:
+        """The container's exit code (see reaper), once its output is complete, what runc
+        logged, and the cgroup limits it reached (``memory``, ``pids``)."""
         answer = self._receive("code", timeout)
-        return int(answer["code"]), str(answer.get("runc_log", ""))
+        return (int(answer["code"]), str(answer.get("runc_log", "")),
+                tuple(str(x) for x in answer.get("limits", ())))
 
     def wait_deleted(self, timeout: float | None) -> bool:
         """Whether ``runc delete`` succeeded; the job is over (and closed) then."""

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_ocibuild.build.limits import Limits
 from pytest_ocibuild.castore.digest import Digest
 from pytest_ocibuild.castore.nodes import (
     DirectoryNode,
@@ -153,6 +154,8 @@ class BuildRequest:
     additional_files: tuple[AdditionalFile, ...] = ()  # sorted by path, unique
     refscan_needles: tuple[str, ...] = ()  # strings searched for in outputs
     caches: tuple[CacheMount, ...] = ()  # sorted by name, unique names; see _check_caches
+    limits: Limits = field(default_factory=Limits)  # not in the digest (see build.limits)
+    reject_writable_outputs: bool = False  # refuse output roots writable by group/others
 
     def __post_init__(self) -> None:
         for name in ("command_args", "scratch_paths", "outputs", "environment_vars",
@@ -238,11 +241,18 @@ class BuildRequest:
         }
         if self.caches:  # only when used, so requests without caches keep their digests
             d["caches"] = {c.name: c.path for c in self.caches}
+        if self.reject_writable_outputs:  # only when set: other digests stay as they were
+            d["reject_writable_outputs"] = True
+        if limits := self.limits.to_dict():
+            d["limits"] = limits
         return d
 
     def canonical_json(self) -> bytes:
-        """Deterministic JSON encoding (sorted keys, no whitespace)."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        """Deterministic JSON encoding (sorted keys, no whitespace) of what the build is,
+        without its ``limits`` (they decide whether it may finish, not what it makes)."""
+        d = self.to_dict()
+        d.pop("limits", None)
+        return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
     @property
     def digest(self) -> Digest:

@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pytest_ocibuild.build.env_values import env_value
+from pytest_ocibuild.build.limits import Limits
 from pytest_ocibuild.build.request import (
     AdditionalFile,
     BuildRequest,
@@ -22,6 +24,7 @@ from pytest_ocibuild.errors import InvalidRequest, OcibuildError
 _FIELDS = {
     "inputs", "command_args", "working_dir", "scratch_paths", "inputs_dir", "outputs",
     "environment_vars", "constraints", "additional_files", "refscan_needles", "caches",
+    "limits", "reject_writable_outputs",
 }
 _CONSTRAINTS = {"system", "min_memory", "available_ro_paths", "network_access", "provide_bin_sh"}
 
@@ -125,13 +128,17 @@ def request_from_dict(
             kwargs["caches"] = tuple(CacheMount(str(n), p if isinstance(p, str) else repr(p))
                                      for n, p in sorted(caches.items(),
                                                         key=lambda kv: str(kv[0]).encode()))
+        if "reject_writable_outputs" in data:
+            kwargs["reject_writable_outputs"] = _flag(data, "reject_writable_outputs")
+        if data.get("limits") is not None:
+            kwargs["limits"] = Limits.from_dict(data["limits"])
         return BuildRequest(
             inputs={str(n): node_from_dict(v, f"inputs.{n}", ingest=ingest, base=base)
                     for n, v in _mapping(data, "inputs").items()},
             command_args=_list(data, "command_args"),
             outputs=_list(data, "outputs"),
             environment_vars=tuple(
-                EnvVar(str(k), bytes_in(v, f"environment_vars.{k}"))
+                EnvVar(str(k), env_value(v, str(k)))
                 for k, v in sorted(env.items(), key=lambda kv: str(kv[0]).encode())
             ),
             constraints=Constraints(
@@ -179,3 +186,10 @@ def dump_request(request: BuildRequest, path: Path) -> None:
         import yaml
 
         path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _flag(data: Mapping[str, Any], key: str) -> bool:
+    value = data[key]
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{key}: expected true or false, got {value!r}")
+    return value

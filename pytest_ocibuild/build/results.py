@@ -256,7 +256,8 @@ class ResultStore:
                 prefix = Digest.parse(prefix).hex
         prefix = prefix.lower()
         if not prefix or not set(prefix) <= _HEX:
-            raise InvalidRequest(f"{prefix!r} is not a build key (hex request digest)")
+            raise InvalidRequest(f"{prefix!r} is not a build key (the hex key that 'ocibuild "
+                                 "build' prints, or a prefix of it)")
         found = {k for k in (*self.record_keys(), *self.log_keys()) if k.startswith(prefix)}
         if not found:
             raise InvalidRequest(f"no build {prefix!r} in {self.root}")

@@ -80,7 +80,8 @@ class RuncRuntime:
         if path is not None and path == self._usable:
             return None
         if path is None:
-            return f"OCI runtime {self.binary!r} not found on PATH (install it: {INSTALL_HINT})"
+            return _with_doctor(f"OCI runtime {self.binary!r} not found on PATH (install it: "
+                                f"{INSTALL_HINT})")
         try:
             out = subprocess.run([path, "--version"], capture_output=True, timeout=30,
                                  stdin=subprocess.DEVNULL)
@@ -100,7 +101,8 @@ class RuncRuntime:
         return None
 
     def run(
-        self, bundle: Path, container_id: str, *, log: Path, timeout: float | None
+        self, bundle: Path, container_id: str, *, log: Path, timeout: float | None,
+        max_silent: float | None = None,
     ) -> ExitStatus:
         """``runc run`` the bundle; output appended to ``log``; the container is always deleted.
 
@@ -143,10 +145,15 @@ class RuncRuntime:
             job = self._submit(job_spec, log)
             timed_out = False
             runc_log = ""
+            limit: str | None = None
+            hit: tuple[str, ...] = ()
             try:
-                code, runc_log = job.wait_exit(timeout)
+                code, runc_log, hit = _wait(job, start, timeout, max_silent, log)
             except TimeoutError:
                 timed_out = True
+                code = self._stop(job, container_id)
+            except _Silent:
+                limit = "silent-timeout"
                 code = self._stop(job, container_id)
             except BaseException:
                 self._stop(job, container_id)
@@ -159,7 +166,10 @@ class RuncRuntime:
             if pending is not None:
                 pending.append((job, container_id))
                 job = None  # deleted when the deferring block ends
-            return ExitStatus(code=code, timed_out=timed_out, duration=duration)
+            if limit is None and code != 0:
+                limit = "out-of-memory" if "memory" in hit else \
+                    "too-many-processes" if "pids" in hit else None
+            return ExitStatus(code=code, timed_out=timed_out, duration=duration, limit=limit)
         finally:
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
@@ -303,8 +313,54 @@ class RuncRuntime:
         if _EXEC_FAILURE in msg:
             return 127
         if any(m in msg.lower() for m in _UNAVAILABLE_MARKERS):
-            raise RuntimeUnavailable(f"runc cannot create the container: {msg}")
+            raise RuntimeUnavailable(_with_doctor(f"runc cannot create the container: {msg}"))
         raise BundleError(f"runc rejected the bundle: {msg}")
+
+
+def _with_doctor(reason: str) -> str:
+    """``reason``, and what ``ocibuild doctor``'s first failing check says (and its fix)."""
+    try:
+        from pytest_ocibuild.build.doctor import first_failure
+
+        check = first_failure()
+    except Exception:  # the reason stands on its own
+        check = None
+    if check is None:
+        return reason
+    fix = f" (fix: {check.fix})" if check.fix else ""
+    return f"{reason}; ocibuild doctor: {check.name}: {check.detail}{fix}"
+
+
+class _Silent(Exception):
+    """The build printed nothing for ``max_silent`` seconds."""
+
+
+def _wait(
+    job: Job, start: float, timeout: float | None, max_silent: float | None, log: Path
+) -> tuple[int, str, tuple[str, ...]]:
+    """``job.wait_exit`` within ``timeout`` (TimeoutError), watching ``log`` grow: _Silent
+    once it has not for ``max_silent`` seconds (checked every quarter of it, at most 1 s)."""
+    if max_silent is None:
+        return job.wait_exit(timeout)
+    deadline = None if timeout is None else start + timeout
+    step = min(max(max_silent / 4, 0.05), 1.0)
+    size, since = -1, time.monotonic()
+    while True:
+        now = time.monotonic()
+        with contextlib.suppress(OSError):
+            if (grown := os.stat(log).st_size) != size:
+                size, since = grown, now
+        if now - since >= max_silent:
+            raise _Silent
+        wait = min(step, since + max_silent - now)
+        if deadline is not None:
+            if deadline <= now:
+                raise TimeoutError
+            wait = min(wait, deadline - now)
+        try:
+            return job.wait_exit(wait)
+        except TimeoutError:
+            continue
 
 
 def _runc_errors(runc_log: str) -> list[str]:

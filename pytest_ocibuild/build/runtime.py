@@ -10,11 +10,17 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class ExitStatus:
-    """How a container ended: exit ``code`` (128+N for signal N), or ``timed_out``."""
+    """How a container ended: exit ``code`` (128+N for signal N), or ``timed_out``.
+
+    ``limit``: a limit the runtime saw the build reach: ``silent-timeout`` (killed for it),
+    ``out-of-memory`` (the kernel killed a process of it), ``too-many-processes`` (a fork
+    was refused); None: none.
+    """
 
     code: int
     timed_out: bool = False
     duration: float = 0.0
+    limit: str | None = None
 
 
 class Runtime(Protocol):
@@ -27,9 +33,13 @@ class Runtime(Protocol):
         ...
 
     def run(
-        self, bundle: Path, container_id: str, *, log: Path, timeout: float | None
+        self, bundle: Path, container_id: str, *, log: Path, timeout: float | None,
+        max_silent: float | None = None,
     ) -> ExitStatus:
         """Run the bundle's process; stdout and stderr are appended to ``log``; stdin /dev/null.
+
+        ``max_silent``: kill it after that many seconds without output (``limit``
+        ``silent-timeout``); ``timeout``: after that many seconds in all (``timed_out``).
 
         Which bytes came from which stream is appended to ``<log>.runs`` (build.logs).
 

@@ -25,11 +25,12 @@ rule silently gone), so with a default of ALLOW a syscall newer than libseccomp'
 ``setxattrat``, Linux 6.13) stays unfiltered, as it is under Nix's filter, which also allows by
 default. ``ALLOWLIST = True`` closes that gap: default ERRNO(ENOSYS) and every name libseccomp
 2.5.4-1+deb12u1 knows (Linux 6.7) allowed, so an unknown syscall fails as on a 6.7 kernel.
-It is off by default for its cost: runc's init compiles ~450 rules per architecture, ~37 ms of
-CPU on this 2-CPU VM (1312 BPF instructions for x86_64+x86+x32), +30-45 ms on the median
-``runc run`` (about 55 -> 90 ms), against ~1 ms for the refusals alone. What it would add is
-small: xattrs never reach outputs or caches (ingest keeps no mode but the execute bit, cache
-clones copy no xattrs, caches.rejected_entry refuses special bits and files).
+It is on by default, whatever its cost: runc's init compiles ~450 rules per architecture,
+~37 ms of CPU on this 2-CPU VM (1312 BPF instructions for x86_64+x86+x32), +30-45 ms on the
+median ``runc run`` (about 55 -> 90 ms), against ~1 ms for the refusals alone
+(docs/nix-sandbox.md §8). ``ALLOWLIST = False`` trades that gap for the time: xattrs still
+never reach outputs or caches (ingest keeps no mode but the execute bit, cache clones copy no
+xattrs, caches.rejected_entry refuses special bits and files).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-ALLOWLIST = True  # see "Cost" above: ~37 ms per container start
+ALLOWLIST = True  # see above: ~37 ms per container start
 EPERM, ENOSYS, ENOTSUP = 1, 38, 95
 S_ISUID, S_ISGID = 0o4000, 0o2000
 SPECIAL_BITS = S_ISUID | S_ISGID

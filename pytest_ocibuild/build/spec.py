@@ -1,7 +1,8 @@
 """OCI runtime-spec ``config.json`` for a BuildRequest (after tvix's ``oci/spec.rs``).
 
-``make_spec`` is pure: it reads nothing from the host. Paths in the spec are relative to the
-bundle directory (runc resolves relative ``root.path`` and bind-mount sources against it):
+``make_spec`` is pure but for the caller's euid (cgroup limits need root). Paths in the spec
+are relative to the bundle directory (runc resolves relative ``root.path`` and bind-mount
+sources against it):
 
 - ``root/``: the read-only skeleton mounted at ``/`` (see bundle.make_bundle);
 - ``inputs/``: where the input provider serves the request's inputs;
@@ -32,6 +33,7 @@ from typing import Any
 
 from pytest_ocibuild.build.bundle import DEV_SOURCE, scratch_name
 from pytest_ocibuild.build.ids import BUILD_GID, BUILD_UID, IdMaps
+from pytest_ocibuild.build.limits import Limits
 from pytest_ocibuild.build.request import BuildRequest, is_path_prefix
 from pytest_ocibuild.build.seccomp import seccomp_profile
 from pytest_ocibuild.castore.nodes import SymlinkNode
@@ -73,8 +75,15 @@ def make_spec(
     rootless: bool = True,
     sandbox_shell: str | None = SANDBOX_SHELL,
     network_files: Sequence[str] = NETWORK_FILES,
+    limits: Limits | None = None,
+    cgroups: bool | None = None,
 ) -> dict[str, Any]:
     """The runtime spec for ``request`` as a JSON-able dict (no IO).
+
+    ``limits``: every field set (default: ``request.limits`` with the defaults of
+    build.limits). ``cgroups``: the runtime may create cgroups (default: when root): pids
+    and memory are cgroup limits; otherwise (a normal user on cgroup v1) pids is
+    ``RLIMIT_NPROC`` and memory is not limited. ``RLIMIT_FSIZE`` caps each file at ``limits.disk``.
 
     ``rootless`` adds a user namespace with ``id_maps`` (required when runc runs unprivileged;
     used as root too, so the build's uid 1000 is not host root). ``sandbox_shell`` is the host
@@ -83,9 +92,19 @@ def make_spec(
     ``host_network_files()`` to leave out the ones this host lacks.
     """
     c = request.constraints
+    limits = limits or request.limits.resolved(c.min_memory)
+    if cgroups is None:
+        cgroups = os.geteuid() == 0  # the one thing read from the host: who runs runc
+    linux = _linux(network=c.network_access, rootless=rootless, id_maps=id_maps)
+    if cgroups:
+        linux["resources"] = {
+            "pids": {"limit": limits.pids},
+            # swap is memory + swap in the OCI spec: equal to the limit, so no swap
+            "memory": {"limit": limits.memory, "swap": limits.memory},
+        }
     return {
         "ociVersion": OCI_VERSION,
-        "process": _process(request, rootless),
+        "process": _process(request, limits, cgroups),
         # Writable like Nix's chroot, but only /tmp (1777) is writable by the build user
         "root": {"path": "root", "readonly": False},
         "hostname": "localhost",
@@ -93,7 +112,7 @@ def make_spec(
             request, rootless=rootless, sandbox_shell=sandbox_shell,
             network_files=network_files if c.network_access else (),
         ),
-        "linux": _linux(network=c.network_access, rootless=rootless, id_maps=id_maps),
+        "linux": linux,
     }
 
 
@@ -117,8 +136,13 @@ def env_strings(request: BuildRequest) -> list[str]:
     return out
 
 
-def _process(request: BuildRequest, rootless: bool) -> dict[str, Any]:
+def _process(request: BuildRequest, limits: Limits, cgroups: bool) -> dict[str, Any]:
     caps = list(BUILD_CAPABILITIES)
+    rlimits = [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
+               # one byte more than the budget: a file stopped there is over it (budget.py)
+               {"type": "RLIMIT_FSIZE", "hard": limits.disk + 1, "soft": limits.disk + 1}]
+    if not cgroups:
+        rlimits.append({"type": "RLIMIT_NPROC", "hard": limits.pids, "soft": limits.pids})
     capabilities = {k: list(caps) for k in ("effective", "inheritable", "permitted", "ambient")}
     return {
         "terminal": False,  # stdin is /dev/null, output goes to a log file
@@ -127,7 +151,7 @@ def _process(request: BuildRequest, rootless: bool) -> dict[str, Any]:
         "env": env_strings(request),
         "cwd": "/" + request.working_dir,
         "capabilities": {"bounding": list(BOUNDING_CAPABILITIES), **capabilities},
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        "rlimits": rlimits,
         "noNewPrivileges": True,
     }
 

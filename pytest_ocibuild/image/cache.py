@@ -10,7 +10,8 @@ threads and other processes alike), looks again (someone may have made it while 
 writes the layer to a staging file of its own (a unique name, never one derived from the key:
 Nixery's writers shared ``staging/<hash>`` and one renamed away the file another was about to
 rename, "rename ...: no such file or directory"), renames it into ``blobs/``, and only then
-writes the record. A record whose blob is missing or of the wrong size counts as a miss.
+writes the record. A record whose blob is missing or of the wrong size counts as a miss; a
+hit touches the record, whose mtime is its last use for ``image.gc``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class LayerCache:
         key = layer_key(trees)
         found = self.lookup(key)
         if found is not None:
+            with contextlib.suppress(OSError):
+                os.utime(self.records / f"{key}.json")  # last used, for image.gc
             return found
         with file_lock(self.root / "locks" / f"{key}.lock"):
             found = self.lookup(key)  # made while we waited for the lock

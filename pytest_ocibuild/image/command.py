@@ -41,8 +41,10 @@ def add_image(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     p.add_argument("--popularity", type=Path, metavar="FILE",
                    help="Nixery popularity JSON (store path name -> count)")
     p.add_argument("-A", "--attr", dest="attr", help="attribute of the .nix file")
-    p.add_argument("--arg", nargs=2, action="append", default=[], metavar=("NAME", "EXPR"))
-    p.add_argument("--argstr", nargs=2, action="append", default=[], metavar=("NAME", "STR"))
+    p.add_argument("--arg", nargs=2, action="append", default=[], metavar=("NAME", "EXPR"),
+                   help="pass the Nix expression EXPR as argument NAME (repeatable)")
+    p.add_argument("--argstr", nargs=2, action="append", default=[], metavar=("NAME", "STR"),
+                   help="pass the string STR as argument NAME (repeatable)")
     executor_args(p)
     p.set_defaults(handler=cmd_image)
 

@@ -8,8 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_ocibuild.build.atomic import file_lock
 from pytest_ocibuild.castore.store import Store
 from pytest_ocibuild.image.cache import LayerCache
+from pytest_ocibuild.image.gc import gc_lock
 from pytest_ocibuild.image.layering import DEFAULT_BUDGET, Item, Layer, group_layers
 from pytest_ocibuild.image.layout import (
     Image,
@@ -50,6 +52,12 @@ def export_image(cache: LayerCache, items: Mapping[str, Item], roots: Sequence[s
                  out: Path | None, opts: Options) -> Exported:
     """Layer ``items`` (the closure of ``roots``), make the layers, write the image to ``out``."""
     start = time.monotonic()
+    with file_lock(gc_lock(cache.root), shared=True):  # image_gc waits for exports
+        return _export(cache, items, roots, out, opts, start)
+
+
+def _export(cache: LayerCache, items: Mapping[str, Item], roots: Sequence[str],
+            out: Path | None, opts: Options, start: float) -> Exported:
     made_before = cache.made
     layers = group_layers(items, roots, popularity=opts.popularity, budget=opts.max_layers)
     trees = [[(p, items[p].node) for p in layer.contents] for layer in layers]

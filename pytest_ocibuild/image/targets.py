@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_ocibuild.build.limits import Limits
 from pytest_ocibuild.castore.ingest import walk
 from pytest_ocibuild.castore.nodes import FileNode, Node
 from pytest_ocibuild.castore.store import Store
@@ -53,7 +54,8 @@ def request_target(args: argparse.Namespace) -> Target:
     from pytest_ocibuild.castore.ingest import ingest_path
 
     executor = open_executor(store=args.store, runtime=args.runtime, inputs=args.inputs,
-                             timeout=args.timeout, cache=not args.no_cache)
+                             timeout=args.timeout, cache=not args.no_cache,
+                             limits=Limits.from_options(args))
     path = Path(args.target)
     request = load_request(path, ingest=lambda p: ingest_path(executor.store, p))
     build = executor.build(request)
@@ -77,7 +79,8 @@ def nix_target(args: argparse.Namespace, store_dir: Path) -> Target:
     wait_drv, store_root = resolve_target(args, state, [])
     executor = open_executor(store=store_dir, runtime=args.runtime, inputs=args.inputs,
                              timeout=args.timeout, max_parallel=default_jobs(),
-                             cache=not args.no_cache, purge=False)
+                             cache=not args.no_cache, purge=False,
+                             limits=Limits.from_options(args))
     settings = NixOptions().apply(settings_from_nix(), nix_settings())
     drv_path = wait_drv()
     builder = NixBuilder(executor, state, settings=settings, store_root=store_root)

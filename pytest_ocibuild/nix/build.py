@@ -332,6 +332,9 @@ def _nix_failure(e: BuildFailed, drv_path: str, scratch: Mapping[str, str]) -> B
         # Nix's worker.cc: "%1% timed out after %2% seconds" with the goal's name
         msg = (f"building of '{drv_path}!{','.join(sorted(scratch))}' from .drv file timed "
                f"out after {float(m.group(1)):g} seconds")
+    elif e.reason == "silent-timeout" and (m := re.search(r"for ([0-9.]+)s", e.message)):
+        msg = (f"building of '{drv_path}!{','.join(sorted(scratch))}' from .drv file timed "
+               f"out after {float(m.group(1)):g} seconds of silence")
     elif e.reason == "output-rejected" and e.path:  # a fifo, socket or device node
         return BuildFailed(f"file '{chroot_path(drv_path, '/' + e.path)}' has an unsupported "
                            "type", reason="output-invalid", detail=e.detail,

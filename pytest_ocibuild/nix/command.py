@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ocibuild.build.locations import default_store_dir
+from pytest_ocibuild.build.store_dir import usable_store_dir
 from pytest_ocibuild.errors import NixError
 from pytest_ocibuild.nix.options import ALIASES, BOOL_KINDS, SETTINGS, NixOptions
 
@@ -61,15 +62,19 @@ def add_nix_build(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     common.add_argument("--show-trace", action="store_true", help="passed to evaluation")
     common.add_argument("-A", "--attr", dest="attr", help="attribute of the .nix file to build")
     common.add_argument("--arg", nargs=2, action="append", default=[],
-                        metavar=("NAME", "EXPR"))
+                        metavar=("NAME", "EXPR"),
+                        help="pass the Nix expression EXPR as argument NAME of the file's "
+                        "function (repeatable)")
     common.add_argument("--argstr", nargs=2, action="append", default=[],
-                        metavar=("NAME", "STR"))
+                        metavar=("NAME", "STR"),
+                        help="pass the string STR as argument NAME (repeatable)")
     common.add_argument("--option", nargs=2, action="append", default=[],
                         metavar=("NAME", "VALUE"), help="a Nix setting: " + ", ".join(
                             sorted(n for n in SETTINGS if n != "experimental-features")))
-    common.add_argument("--experimental-features", metavar="FEATURES")
+    common.add_argument("--experimental-features", metavar="FEATURES",
+                        help="Nix's experimental-features setting (e.g. ca-derivations)")
     common.add_argument("--extra-experimental-features", action="append", default=[],
-                        metavar="FEATURES")
+                        metavar="FEATURES", help="added to experimental-features (repeatable)")
     mine = p.add_argument_group("ocibuild options")
     mine.add_argument("--export", type=Path, help="materialise the outputs under this directory")
     executor_args(mine)  # type: ignore[arg-type]
@@ -218,7 +223,7 @@ def cmd_nix_build(args: argparse.Namespace) -> int:
     """Evaluate (Nix runs while the executor is imported and prepared), build, report."""
     opts = nix_options(args)  # a refused option fails before anything runs
     opts.say_ignored()
-    store_dir = Path(args.store) if args.store else default_store_dir()
+    store_dir = usable_store_dir(args.store or default_store_dir())
     state = store_dir / "nix"  # eval store, sources, results: shared with the pytest plugin
     wait_drv, store_root = resolve_target(args, state, opts.nix_args())
     try:
@@ -241,12 +246,14 @@ def _prepare(args: argparse.Namespace, opts: NixOptions, store_dir: Path,
     """The executor, the Nix settings, and a join for the check that runc works (remembered
     by the runtime), which runs in a thread meanwhile."""
     from pytest_ocibuild.build.executor import open_executor
+    from pytest_ocibuild.build.limits import Limits
 
     executor = open_executor(store=store_dir, runtime=args.runtime, inputs=args.inputs,
                              keep_bundles=args.keep_bundle or opts.keep_failed,
                              timeout=opts.timeout or None,
                              max_parallel=opts.max_jobs or default_jobs(),
-                             cache=not getattr(args, "no_cache", False), purge=False)
+                             cache=not getattr(args, "no_cache", False), purge=False,
+                             limits=Limits.from_options(args))
 
     join = _in_background(executor.runtime.unavailable_reason)
     try:
@@ -287,6 +294,9 @@ def _build(args: argparse.Namespace, opts: NixOptions, executor: Any, settings: 
         with contextlib.suppress(Exception):
             join_purge()
         raise
+    finally:
+        if args.keep_bundle:
+            report_kept(executor)
     join_purge()
     if args.export or args.out_link:
         from pytest_ocibuild.castore.ingest import export
@@ -315,3 +325,35 @@ def _replace_symlink(target: str, link: str) -> None:
     tmp = f"{link}.tmp-{os.getpid()}"
     os.symlink(target, tmp)
     os.replace(tmp, link)
+
+
+def kept_root() -> Path:
+    """Where ``--keep-bundle`` puts kept bundles: beside the per-user bundle root, out of the
+    reach of start-up purges; ``ocibuild store purge --kept`` and ``store gc`` remove them."""
+    from pytest_ocibuild.build.locations import user_dir
+
+    return user_dir() / "kept"
+
+
+def report_kept(executor: Any, digest_hex: str = "") -> list[Path]:
+    """Move this process's bundles (of the request with ``digest_hex``, else all) out of the
+    purge's way (not one holding a mount) and print where each is."""
+    from pytest_ocibuild.build.lifecycle import mounts_under
+
+    found = sorted(Path(executor.bundle_root).glob(
+        f"ocibuild-{os.getpid()}-*-{digest_hex[:12]}" if digest_hex else
+        f"ocibuild-{os.getpid()}-*"))
+    if not found:
+        print("ocibuild: no bundle kept: every result was recorded before (add --no-cache to "
+              "build again)", file=sys.stderr)
+    kept = []
+    for bundle in found:
+        dest = bundle
+        if not mounts_under(bundle):
+            with contextlib.suppress(OSError):
+                kept_root().mkdir(mode=0o711, exist_ok=True)
+                os.rename(bundle, kept_root() / bundle.name)
+                dest = kept_root() / bundle.name
+        print(f"ocibuild: kept bundle: {dest}", file=sys.stderr)
+        kept.append(dest)
+    return kept

@@ -51,10 +51,13 @@ def _run(argv: Sequence[str], what: str) -> str:
 
 
 def _last_error(stderr: str) -> str:
+    """Nix's last ``error:`` line, with the ``at FILE:LINE:COL`` that follows it, if any."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    line = errors[-1] if errors else (lines[-1] if lines else "failed")
-    return line.removeprefix("error:").strip()
+    errors = [i for i, ln in enumerate(lines) if ln.startswith("error:")]
+    at = errors[-1] if errors else len(lines) - 1
+    line = lines[at] if lines else "failed"
+    where = next((ln for ln in lines[at + 1:at + 3] if ln.startswith("at ")), "")
+    return f"{line.removeprefix('error:').strip()} {where.rstrip(':')}".strip()
 
 
 def instantiate(

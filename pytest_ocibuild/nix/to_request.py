@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
+from pytest_ocibuild.build.limits import Limits
 from pytest_ocibuild.build.request import AdditionalFile, BuildRequest, Constraints, EnvVar
 from pytest_ocibuild.errors import NixError
 from pytest_ocibuild.nix.attrs import export_graph_files, structured_files
@@ -47,7 +48,7 @@ class NixSettings:
     features: frozenset[str] = DEFAULT_FEATURES  # system-features (+ ca-derivations)
     environ: Mapping[str, str] = field(default_factory=dict)  # the caller's, for impureEnvVars
     sandbox_paths: tuple[str, ...] = ()  # sandbox-paths + extra-sandbox-paths
-    max_silent_time: float | None = None  # max-silent-time (needs Constraints.max_silent_time)
+    max_silent_time: float | None = None  # max-silent-time: the request's limits
 
 
 def strings_attr(drv: Derivation, name: str) -> list[str] | None:
@@ -167,12 +168,11 @@ def derivation_to_request(
                             rewrite_strings(v, rewrites) for k, v in env.items()}, drv_path)
     args = [os.path.basename(drv.builder) or drv.builder,
             *(rewrite(a) for a in drv.args)]
-    # Nix rejects group/world-writable output roots (registerOutputs); the executor checks
-    # them when the request asks (the field is the executor's, see docs/nix.md)
-    strict = {"reject_writable_outputs": True} if "reject_writable_outputs" in {
-        f.name for f in fields(BuildRequest)} else {}
+    # Nix rejects group/world-writable output roots (registerOutputs, the executor checks
+    # them when asked); max-silent-time is a limit (not in the request digest)
     return BuildRequest(
-        **strict,  # type: ignore[arg-type]
+        reject_writable_outputs=True,
+        limits=Limits(max_silent_time=settings.max_silent_time or None),
         inputs={os.path.basename(p): info.node for p, info in inputs.items()},
         command_args=(drv.builder, *args[1:]),
         working_dir="build",
@@ -189,18 +189,12 @@ def derivation_to_request(
 
 
 def _constraints(drv: Derivation, settings: NixSettings, sandboxed: bool) -> Constraints:
-    """System, network (fixed-output builds only), ``sandbox-paths`` and the silence limit."""
+    """System, network (fixed-output builds only) and ``sandbox-paths``."""
     from pytest_ocibuild.nix.options import sandbox_binds
 
     binds, bin_sh = sandbox_binds(settings.sandbox_paths)
-    extra: dict[str, object] = {}
-    if settings.max_silent_time:
-        if "max_silent_time" not in {f.name for f in fields(Constraints)}:
-            raise NixError("max-silent-time: this executor has no silence timeout yet")
-        extra["max_silent_time"] = settings.max_silent_time
     return Constraints(system=drv.system or "x86_64-linux", network_access=not sandboxed,
-                       available_ro_paths=binds, provide_bin_sh=bin_sh,
-                       **extra)  # type: ignore[arg-type]
+                       available_ro_paths=binds, provide_bin_sh=bin_sh)
 
 
 def _environ_entries(env: dict[str, bytes], drv_path: str) -> dict[str, bytes]:

@@ -130,6 +130,11 @@ def load_case_file(path: Path) -> list[Case | BadCase]:
         try:
             if not NAME.match(name):
                 raise _Problem((), "case names use letters, digits, '_', '-' and '.'")
+            if isinstance(body, dict) and "image" in body:  # plugin/imagecase.py
+                from pytest_ocibuild.plugin.imagecase import parse_image_case
+
+                cases.append(parse_image_case(name, body, path, lines))  # type: ignore[arg-type]
+                continue
             if isinstance(body, dict) and "nix" in body:  # a Nix case (plugin/nixcase.py)
                 from pytest_ocibuild.plugin.nixcase import parse_nix_case
 
@@ -186,7 +191,7 @@ def _sorted(items: Any) -> list[str]:
 def _request_fields(body: Mapping[str, Any]) -> dict[str, Any]:
     """The case's request part in the request-file format of ``request_io``."""
     request: dict[str, Any] = {"command_args": list(body["command"])}
-    for key in ("working_dir", "inputs_dir", "additional_files", "refscan_needles"):
+    for key in ("working_dir", "inputs_dir", "additional_files", "refscan_needles", "limits"):
         if key in body:
             request[key] = body[key]
     for key in ("scratch_paths", "outputs"):

@@ -21,6 +21,26 @@ from pytest_ocibuild.plugin.runner import get_runner
 from pytest_ocibuild.plugin.snapshot import check_spec
 
 RULE = "-" * 8
+CASE_KEYS = ("command", "nix")  # one of them is required in every case
+
+
+def looks_like_cases(path: Path) -> bool:
+    """Whether a YAML file holds build cases: a mapping with at least one entry (not an
+    ``x-`` one) that is a mapping with ``command`` or ``nix``. A file that cannot be read or
+    parsed counts (its one failing item names the problem); other data files do not."""
+    import yaml
+
+    from pytest_ocibuild.build.yaml_load import YamlLoadError, load_yaml, read_bounded
+
+    try:
+        data = load_yaml(read_bounded(path))
+    except (OSError, YamlLoadError, yaml.YAMLError):
+        return True
+    if not isinstance(data, dict):
+        return False
+    return any(isinstance(body, dict) and any(k in body for k in CASE_KEYS)
+               for name, body in data.items()
+               if not (isinstance(name, str) and name.startswith("x-")))
 
 
 class CaseFile(pytest.File):
@@ -38,6 +58,11 @@ class CaseFile(pytest.File):
             if isinstance(case, BadCase):
                 yield InvalidCaseItem.from_parent(self, name=case.name, message=case.message,
                                                   line=case.line)
+                continue
+            if getattr(case, "is_image", False):  # a case with image: (plugin/imagecase.py)
+                from pytest_ocibuild.plugin.imagecase import image_case_item
+
+                yield image_case_item(self, case)  # type: ignore[arg-type]
                 continue
             if getattr(case, "is_nix", False):  # a Nix case (plugin/nixcase.py)
                 from pytest_ocibuild.plugin.nixcase import nix_case_item

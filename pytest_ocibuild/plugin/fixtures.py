@@ -6,6 +6,8 @@ loads the plugin.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +19,39 @@ from pytest_ocibuild.plugin.runner import get_runner
 if TYPE_CHECKING:
     from pytest_ocibuild.castore.store import Store
     from pytest_ocibuild.plugin.sandbox import Sandbox
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ocibuild_rootless_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """As a normal user, keep pytest's temp dirs deletable by their user: what builds left
+    there (kept bundles, bundles of tests that run runc themselves) belongs to subordinate
+    ids. Earlier runs' ``garbage-*`` dirs (pytest's failed removals) are removed first; at
+    the end of the session its basetemp is given back to the user (build/userns.py), so
+    pytest's removal of old runs succeeds. Does nothing as root."""
+    if os.geteuid() != 0:
+        from pytest_ocibuild.build import userns
+
+        if userns.usable():
+            _remove_garbage(tmp_path_factory)
+            yield
+            with contextlib.suppress(OSError):
+                userns.give_back(tmp_path_factory.getbasetemp())
+            return
+    yield
+
+
+def _remove_garbage(factory: pytest.TempPathFactory) -> None:
+    from pytest_ocibuild.build.atomic import remove_tree
+
+    if getattr(factory, "_given_basetemp", None) is not None:  # --basetemp: pytest empties it
+        return
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":  # one worker does it
+        return
+    top = next((p for p in factory.getbasetemp().parents if p.name.startswith("pytest-of-")),
+               None)
+    for garbage in top.glob("garbage-*") if top is not None else ():
+        with contextlib.suppress(OSError):
+            remove_tree(garbage)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -104,10 +105,43 @@ def output_name(drv_path: str, path: str, names: Sequence[str]) -> str:
     raise AssertionError(f"cannot tell which output of {drv_path} {path} is")
 
 
+@functools.cache
+def nix_unusable() -> str | None:
+    """Why the real Nix cannot build for this (non-root) user, or None; probed once per
+    process with ``nix-instantiate --eval -E 1`` (as root: None, unprobed). Debian's
+    single-user ``nix-bin`` run by a normal user fails every command with "could not set
+    permissions on '/nix/var/nix/profiles/per-user'": there is no comparison to make then."""
+    if os.geteuid() == 0:
+        return None
+    try:
+        proc = _run(["nix-instantiate", "--eval", "-E", "1"], env=nix_env(), cwd=None,
+                    timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"the real Nix cannot run here ({e})"
+    if proc.returncode == 0:
+        return None
+    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+    why = next((ln for ln in lines if ln.startswith("error:")), lines[-1] if lines else "")
+    return (f"comparison with nix-build skipped: the real Nix cannot build as uid "
+            f"{os.geteuid()} ({why.removeprefix('error:').strip() or 'no message'})")
+
+
+def skip_if_nix_unusable() -> None:
+    """``pytest.skip`` with ``nix_unusable()``'s reason if there is one (one reason, one line
+    of pytest's summary however many comparisons it stops)."""
+    reason = nix_unusable()
+    if reason is not None:
+        import pytest
+
+        pytest.skip(reason)
+
+
 def run_nix_build(target: Sequence[str], *, env: Mapping[str, str] | None = None,
                   cwd: Path | str | None = None, timeout: float | None = 900) -> Result:
     """Build with the real ``nix-build`` in Nix's sandbox and describe its outputs with Nix's
-    own tools. ``target``: ``FILE [-A ATTR] [--arg N E]... [--argstr N S]...`` or a ``.drv``."""
+    own tools. ``target``: ``FILE [-A ATTR] [--arg N E]... [--argstr N S]...`` or a ``.drv``.
+    Skips the calling test when the real Nix cannot build for this user (``nix_unusable``)."""
+    skip_if_nix_unusable()
     env = nix_env() if env is None else env
     args = list(target)
     proc = _run(["nix-build", "--no-out-link", *NIX_BUILD_OPTS, *args], env=env, cwd=cwd,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_ocibuild.build.store_dir import usable_store_dir
 from pytest_ocibuild.errors import CaseError, OcibuildError
 from pytest_ocibuild.plugin.settings import Settings
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 WORKER_STORE_KEY = "ocibuild_store"  # workerinput key holding the store directory
 WORKER_STATS_KEY = "ocibuild_stats"  # workeroutput key: the worker's cache stats (plain dict)
 STAT_FIELDS = ("hits", "misses", "time_saved")
+STORE_HINT = "set --ocibuild-store, ocibuild_store or $OCIBUILD_STORE to a writable directory"
 
 
 class Runner:
@@ -85,14 +87,15 @@ class Runner:
             if self._store_dir is None:
                 workerinput = getattr(self.config, "workerinput", {})
                 if self.settings.store:
-                    self._store_dir = Path(self.settings.store)
+                    path = Path(self.settings.store)
                 elif WORKER_STORE_KEY in workerinput:
-                    self._store_dir = Path(workerinput[WORKER_STORE_KEY])
+                    path = Path(workerinput[WORKER_STORE_KEY])
                 else:
-                    from pytest_ocibuild.build.executor import default_store_dir
+                    from pytest_ocibuild.build.locations import default_store_dir
 
-                    self._store_dir = default_store_dir()
-                self._store_dir.mkdir(parents=True, exist_ok=True)
+                    path = default_store_dir()
+                # checked before anything is written: one line naming it if unusable
+                self._store_dir = usable_store_dir(path, hint=STORE_HINT)
             return self._store_dir
 
     @property
@@ -152,11 +155,13 @@ class Runner:
         that expects one (see ``build``), otherwise it runs again.
         """
         from pytest_ocibuild.build.executor import open_executor
+        from pytest_ocibuild.build.limits import Limits
 
         kwargs: dict[str, Any] = {
             "runtime": self.settings.runtime, "inputs": self.settings.inputs,
             "keep_bundles": self.settings.keep_bundles, "timeout": self.settings.timeout,
             "cache": not self.settings.no_cache, "cache_failures": True,
+            "limits": Limits(**self.settings.limits) if self.settings.limits else None,
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         executor = open_executor(store=self.store_dir, bundle_root=bundle_root, **kwargs)
@@ -189,7 +194,8 @@ class Runner:
             return self._executors[provider]
 
     def golden_spec(self, request: BuildRequest) -> dict[str, Any]:
-        """The config.json a case build uses, with canonical ids (no host uids) for goldens."""
+        """The config.json a case build uses, with canonical ids (no host uids) and limits
+        as root has them (cgroups), so goldens are the same for every user."""
         from pytest_ocibuild.build.executor import Executor
         from pytest_ocibuild.build.ids import IdMaps
 
@@ -199,7 +205,7 @@ class Runner:
                 self._canonical = Executor(ex.store, inputs=ex.inputs, runtime=ex.runtime,
                                            bundle_root=ex.bundle_root,
                                            id_maps=IdMaps.canonical())
-        return self._canonical.spec(request)
+        return self._canonical.spec(request, cgroups=True)
 
     # ---- cases --------------------------------------------------------------------------
 

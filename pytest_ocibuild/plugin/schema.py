@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from pytest_ocibuild.build.yaml_load import LIMITS, Limits, YamlLoadError, compose, construct
+from pytest_ocibuild.errors import BUILD_FAILURE_REASONS
 from pytest_ocibuild.plugin.quickcheck import surely_valid
 
 Path_ = tuple[str | int, ...]  # a location inside the loaded data: keys and list indexes
@@ -113,9 +114,11 @@ _INPUT = {
         "output": _REL,
     },
 }
+_SIZE = {"anyOf": [{"type": "integer", "exclusiveMinimum": 0},
+                   {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[kmgtKMGT]?(i?[bB])?\s*$"}]}
 _FAILURE = {
     "type": "object", "additionalProperties": False, "required": ["reason"], "properties": {
-        "reason": {"enum": ["exit-code", "missing-output", "timeout", "invalid-request"]},
+        "reason": {"enum": [*BUILD_FAILURE_REASONS, "invalid-request"]},
         "exit_code": {"type": "integer"},
         "message": {"type": "string"},
     },
@@ -132,6 +135,19 @@ _EXPECT = {
         "outputs": {"type": "object", "additionalProperties": _TREE},
         "references": {"type": "object", "additionalProperties": _STRINGS},
         "root_digests": {"type": "object", "additionalProperties": _HEX},
+    },
+}
+_NONEMPTY = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+# ``image:`` (plugin/imagecase.py, docs/image.md): export the outputs as an image, run in it
+IMAGE_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "properties": {
+        "max_layers": {"type": "integer", "minimum": 1},
+        "popularity": {"type": "object",
+                       "additionalProperties": {"type": "integer", "minimum": 0}},
+        "cmd": _NONEMPTY, "env": _STRINGS, "run": _NONEMPTY,
+        "layers": {"anyOf": [{"type": "integer", "minimum": 1},
+                             {"type": "array", "items": _NONEMPTY}]},
+        "stdout": _STRINGS, "stderr": _STRINGS, "exit_code": {"type": "integer"},
     },
 }
 CASE_SCHEMA: dict[str, Any] = {
@@ -159,9 +175,19 @@ CASE_SCHEMA: dict[str, Any] = {
                 "provide_bin_sh": {"type": "boolean"},
             },
         },
+        "limits": {
+            "type": "object", "additionalProperties": False, "properties": {
+                "pids": {"type": "integer", "exclusiveMinimum": 0},
+                "memory": _SIZE,
+                "disk": _SIZE,
+                "entries": {"type": "integer", "exclusiveMinimum": 0},
+                "max_silent_time": {"type": "number", "exclusiveMinimum": 0},
+            },
+        },
         "timeout": {"type": "number", "exclusiveMinimum": 0},
         "provider": {"enum": ["materialize", "fuse"]},
         "expect": _EXPECT,
+        "image": IMAGE_SCHEMA,
     },
 }
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 PROVIDERS = ("materialize", "fuse")
+DEFAULT_CASES = "cases/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +31,19 @@ OPTIONS = (
     Option("store", "store", "castore and result cache directory, shared by runs and xdist "
            "workers (default: $OCIBUILD_STORE, else ~/.cache/ocibuild/store)", ""),
     Option("runtime", "runtime", "OCI runtime binary, a name on PATH or a path", "runc"),
-    Option("timeout", "timeout", "default per-build timeout in seconds (0: none)", "0"),
-    Option("keep_bundles", "keep-bundles", "keep OCI bundles after builds, for debugging",
+    Option("timeout", "timeout", "default per-build timeout in seconds, > 0 (empty or "
+           "'none': no timeout)", "none"),
+    Option("keep_bundles", "keep-bundles", "keep OCI bundles after builds, for debugging (the "
+           "summary names where; 'ocibuild store purge --kept' removes them)",
            "false", is_bool=True),
     Option("inputs", "inputs", f"input provider: {' or '.join(PROVIDERS)}", "materialize"),
-    Option("cases", "cases", "glob (relative to rootdir; ** spans directories) of YAML case "
-           "files to collect", "cases/**/*.yaml"),
+    Option("cases", "cases", "where YAML case files are collected: directories or globs "
+           "relative to rootdir (** spans directories), separated by spaces; empty: none",
+           DEFAULT_CASES),
     Option("progress", "progress", "report a running build every N seconds (0: never)", "10"),
+    Option("limits", "limits", "resource limits for builds whose case sets none, e.g. "
+           "'pids=512 memory=2G disk=5G entries=100000 max_silent_time=60' (README "
+           "\"Sandbox\"; default: the executor's)", ""),
     Option("no_cache", "no-cache", "build every case again instead of using recorded results "
            "(results are still recorded)", "false", is_bool=True),
 )
@@ -51,9 +58,10 @@ class Settings:
     timeout: float | None = None
     keep_bundles: bool = False
     inputs: str = "materialize"
-    cases: str = "cases/**/*.yaml"
+    cases: str = DEFAULT_CASES
     progress: float = 10.0
     no_cache: bool = False
+    limits: dict[str, Any] | None = None  # build.limits.Limits fields (plain, for xdist)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for ``workerinput``)."""
@@ -92,6 +100,46 @@ def _number(text: str, key: str) -> float:
     return value
 
 
+def _timeout(text: str, key: str) -> float | None:
+    """A timeout: seconds > 0, or none (empty, ``none``); the same rule as a case's."""
+    if text.lower() in ("", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise pytest.UsageError(f"ocibuild_{key}: {text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise pytest.UsageError(f"ocibuild_{key}: must be more than 0 seconds, got {text} "
+                                "(leave it empty, or 'none', for no timeout)")
+    return value
+
+
+def _limits(text: str, key: str) -> dict[str, Any] | None:
+    """``name=value`` pairs checked as build.limits.Limits fields (None: none given)."""
+    from pytest_ocibuild.build.limits import Limits
+    from pytest_ocibuild.errors import InvalidRequest
+
+    out: dict[str, Any] = {}
+    for item in text.split():
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise pytest.UsageError(f"ocibuild_{key}: {item!r} is not name=value")
+        out[name] = int(value) if value.isdigit() and name in ("pids", "entries") else \
+            float(value) if name == "max_silent_time" and _is_number(value) else value
+    try:
+        return Limits.from_dict(out, f"ocibuild_{key}").to_dict() or None
+    except InvalidRequest as e:
+        raise pytest.UsageError(f"ocibuild_{key}: {e.message}") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _bool(text: str, key: str) -> bool:
     lowered = text.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -112,16 +160,16 @@ def read_settings(config: pytest.Config) -> Settings:
     store = raw["store"].removeprefix("local://")
     if store and not Path(store).is_absolute():
         store = str(config.rootpath / store)
-    timeout = _number(raw["timeout"], "timeout")
     return Settings(
         store=store,
         runtime=raw["runtime"] or "runc",
-        timeout=timeout or None,
+        timeout=_timeout(raw["timeout"], "timeout"),
         keep_bundles=_bool(raw["keep_bundles"], "keep_bundles"),
         inputs=raw["inputs"],
-        cases=raw["cases"] or "cases/**/*.yaml",
+        cases=raw["cases"],  # empty: collect no case files
         progress=_number(raw["progress"], "progress"),
         no_cache=_bool(raw["no_cache"], "no_cache"),
+        limits=_limits(raw["limits"], "limits"),
     )
 
 

@@ -8,6 +8,7 @@ function). ``check_spec`` runs one assertion through syrupy's session, so the us
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,6 @@ from syrupy.data import SnapshotCollections
 from syrupy.exceptions import SnapshotDoesNotExist
 from syrupy.extensions.json import JSONSnapshotExtension
 from syrupy.location import PyTestLocation
-from syrupy.terminal import disable_color
 
 from pytest_ocibuild.plugin import pretty
 from pytest_ocibuild.plugin.schema import YamlError, load_yaml
@@ -124,6 +124,15 @@ def check_spec(item: pytest.Item, spec: dict[str, Any]) -> SpecMismatch | None:
         raise result.exception
     if result.recalled_data is None:
         return SpecMismatch(result.snapshot_location, True, [])
-    with disable_color():
-        diff = assertion.get_assert_diff()
-    return SpecMismatch(result.snapshot_location, False, diff)
+    generated = SpecSnapshotExtension().serialize(spec)
+    return SpecMismatch(result.snapshot_location, False,
+                        spec_diff(str(result.recalled_data), generated))
+
+
+def spec_diff(golden: str, generated: str, context: int = 3) -> list[str]:
+    """Only what changed (with ``context`` lines around), ``-`` golden and ``+`` generated;
+    hunks are headed by their line numbers. (syrupy's own diff also lists unchanged closing
+    brackets as changed.)"""
+    lines = difflib.unified_diff(golden.splitlines(), generated.splitlines(), lineterm="",
+                                 n=context)
+    return [line for line in lines if not line.startswith(("---", "+++"))]

@@ -87,6 +87,16 @@ def run_bundle(runtime: RuncRuntime, tmp_path: Path) -> Runner:
         log = tmp_path / "build.log"
         log.write_bytes(b"")
         status = runtime.run(layout.bundle_dir, container_id(), log=log, timeout=timeout)
+        give_back_scratch(layout)
         return Ran(status, layout, spec, log.read_text(errors="replace"))
 
     return run
+
+
+def give_back_scratch(layout: BundleLayout) -> None:
+    """As a normal user, what a build wrote becomes the caller's again (as the executor does
+    before ingest), so the test can read it; as root nothing changes."""
+    if os.geteuid() != 0:
+        from pytest_ocibuild.build.userns import give_back
+
+        give_back([*layout.scratch_dirs.values(), layout.root_dir / "tmp"])

@@ -24,7 +24,7 @@ from pytest_ocibuild.castore.digest import Digest
 from pytest_ocibuild.castore.nodes import DirectoryNode, FileNode, SymlinkNode
 from pytest_ocibuild.errors import BundleError, RuntimeUnavailable
 
-from .conftest import BUSYBOX, Runner, container_id
+from .conftest import BUSYBOX, Runner, container_id, give_back_scratch
 
 pytestmark = pytest.mark.runc
 
@@ -427,6 +427,7 @@ def test_reaper_kills_the_job_of_a_killed_client_and_exits(tmp_path: Path) -> No
             time.sleep(0.05)
         assert rt.list() == [] and not os.listdir(rt.state_dir)
         assert not _alive(int(reapers[0])), "the reaper outlived its client's cleanup"
+        give_back_scratch(layout)
         assert not layout.output_host_path("build/out").exists()
     finally:
         rt.purge("")
@@ -482,6 +483,7 @@ def test_a_runtime_that_is_not_runc_reports_its_init_pid_file(tmp_path: Path) ->
     shutil.copy2(BUSYBOX, layout.inputs_dir / "busybox")
     rt = RuncRuntime(str(wrapper), state_dir=tmp_path / "state")
     status = rt.run(layout.bundle_dir, container_id(), log=tmp_path / "log", timeout=60)
+    give_back_scratch(layout)
     assert status.code == 6
     assert layout.output_host_path("build/out").read_text() == "other\n"
     assert rt.list() == [] and os.listdir(tmp_path / "state") == []

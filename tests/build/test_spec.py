@@ -33,6 +33,7 @@ def req(**kw: Any) -> BuildRequest:
 
 
 def spec(request: BuildRequest | None = None, **kw: Any) -> dict[str, Any]:
+    kw.setdefault("cgroups", True)  # as root, whoever runs the tests
     return make_spec(request or req(), id_maps=CANON, **kw)
 
 
@@ -85,14 +86,17 @@ def test_basic_shape() -> None:
     assert p["user"] == {"uid": 1000, "gid": 100}
     assert p["terminal"] is False
     assert p["noNewPrivileges"] is True
-    assert p["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
+    assert p["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
+                            {"type": "RLIMIT_FSIZE", "hard": (10 << 30) + 1,
+                             "soft": (10 << 30) + 1}]  # cgroups: pids as a cgroup limit
     # Nix masks nothing in /proc
     assert "maskedPaths" not in s["linux"] and "readonlyPaths" not in s["linux"]
 
 
 def test_pure_and_deterministic() -> None:
     a = json.dumps(spec(NIX), sort_keys=True)
-    b = json.dumps(make_spec(copy.deepcopy(NIX), id_maps=IdMaps.canonical()), sort_keys=True)
+    b = json.dumps(make_spec(copy.deepcopy(NIX), id_maps=IdMaps.canonical(), cgroups=True),
+                   sort_keys=True)
     assert a == b
     assert "/tmp" not in a.replace('"/tmp"', "")  # no host temp paths leak in
 

@@ -43,13 +43,14 @@ class CountingRuntime(RuncRuntime):
         self._lock = threading.Lock()
 
     def run(self, bundle: Path, container_id: str, *, log: Path,
-            timeout: float | None) -> ExitStatus:
+            timeout: float | None, max_silent: float | None = None) -> ExitStatus:
         with self._lock:
             self.runs += 1
         if self.record is not None:
             with open(self.record, "a") as f:  # O_APPEND: one line per run, any process
                 f.write(container_id + "\n")
-        return super().run(bundle, container_id, log=log, timeout=timeout)
+        return super().run(bundle, container_id, log=log, timeout=timeout,
+                           max_silent=max_silent)
 
 
 def sh(busybox: Node, script: str, **kw: Any) -> BuildRequest:

@@ -143,7 +143,10 @@ def test_killed_cli_leaves_nothing(tmp_path: Path, provider: str, sig: int) -> N
         markers = [marker, nap, str(req)]
         # it all exists before the kill: the build, its reaper, its input mount and bundle
         before = place.leftovers(proc.pid, markers)
-        assert {"containers", "processes", "reapers", "mounts", "bundles"} <= set(before), before
+        expected = {"containers", "processes", "reapers", "mounts", "bundles"}
+        if provider == "materialize" and os.geteuid() != 0:
+            expected.discard("mounts")  # a normal user's hardlinked inputs are not remounted
+        assert expected <= set(before), before
         took = kill_and_measure(place, proc, proc.pid, sig, markers)
         print(f"{provider} {signal.Signals(sig).name}: all gone {took:.2f}s after the kill")
         assert proc.wait(10) == -sig
@@ -193,7 +196,10 @@ def test_killed_pytest_process_leaves_nothing(tmp_path: Path, victim: str) -> No
         assert (client != proc.pid) == (victim == "xdist-worker"), (client, proc.pid)
         markers = [marker, nap]
         before = place.leftovers(client, markers)
-        assert {"containers", "processes", "reapers", "mounts", "bundles"} <= set(before), before
+        expected = {"containers", "processes", "reapers", "mounts", "bundles"}
+        if os.geteuid() != 0:  # cases use materialize: a user's inputs are not remounted
+            expected.discard("mounts")
+        assert expected <= set(before), before
         took = kill_and_measure(place, proc, client, signal.SIGKILL, markers)
         print(f"{victim}: all gone {took:.2f}s after the kill")
         out = proc.communicate(timeout=60)[0].decode(errors="replace")

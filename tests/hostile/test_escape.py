@@ -4,6 +4,7 @@ the host's /etc/shadow through ``ln -s /etc x`` and ``outputs: [build/x/shadow]`
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,9 @@ from pytest_ocibuild.errors import BuildFailed
 
 pytestmark = pytest.mark.runc
 
-SECRET = "/etc/ocibuild-test-secret"
+# Root aims at /etc; a normal user (who cannot write there) at a directory of its own.
+SECRET_DIR = "/etc" if os.geteuid() == 0 else f"/tmp/ocibuild-test-{os.geteuid()}"
+SECRET = f"{SECRET_DIR}/ocibuild-test-secret"
 
 
 def sh(busybox: Node, script: str, outputs: tuple[str, ...]) -> BuildRequest:
@@ -28,18 +31,19 @@ def sh(busybox: Node, script: str, outputs: tuple[str, ...]) -> BuildRequest:
 
 @pytest.fixture(scope="module")
 def secret() -> str:
-    """A root-only host file a hostile build aims at (/etc/shadow's stand-in)."""
+    """A caller-only host file a hostile build aims at (/etc/shadow's stand-in)."""
     path = Path(SECRET)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     path.write_text("host secret\n")
     path.chmod(0o600)
     yield "host secret\n"
-    path.unlink()
+    path.unlink(missing_ok=True)  # another xdist worker's copy of this fixture may be first
 
 
 @pytest.mark.parametrize(("script", "output", "through"), [
-    ("ln -s /etc x", "build/x/ocibuild-test-secret", "x"),
-    ("mkdir -p a; ln -s /etc a/b", "build/a/b/ocibuild-test-secret", "a/b"),
-    ("ln -s / r", "build/r/etc/ocibuild-test-secret", "r"),
+    (f"ln -s {SECRET_DIR} x", "build/x/ocibuild-test-secret", "x"),
+    (f"mkdir -p a; ln -s {SECRET_DIR} a/b", "build/a/b/ocibuild-test-secret", "a/b"),
+    ("ln -s / r", f"build/r{SECRET}", "r"),
     ("mkdir d; ln -s ../d l", "build/l/f", "l"),  # even a symlink that stays inside
 ])
 def test_an_output_path_through_a_symlink_is_refused(
@@ -86,7 +90,7 @@ def test_the_cli_says_one_line_and_exports_nothing(tmp_path: Path, secret: str) 
     request = tmp_path / "escape.yaml"
     request.write_text(
         "inputs:\n  busybox: {path: /bin/busybox}\n"
-        "command_args: [/inputs/busybox, sh, -c, 'ln -s /etc x']\n"
+        f"command_args: [/inputs/busybox, sh, -c, 'ln -s {SECRET_DIR} x']\n"
         "outputs: [build/x/ocibuild-test-secret]\n")
     done = subprocess.run(
         [sys.executable, "-m", "pytest_ocibuild", "build", "--store", str(tmp_path / "store"),

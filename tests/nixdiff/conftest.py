@@ -31,6 +31,7 @@ from pytest_ocibuild.plugin.nixdiff import (  # noqa: F401 (re-exported for test
     nix32_to_sri,
     nix_errors,
     nix_log_tail,
+    nix_unusable,
     normalise_reason,
     reason_matches,
     run_nix_build,
@@ -53,8 +54,9 @@ STORE_ENTRY = re.compile(r"^[0-9a-df-np-sv-z]{32}-")
 # our builds hold it shared while /nix/store is watched, Nix builds hold it exclusively.
 STORE_LOCK = Path("/tmp/ocibuild-nixdiff.lock")
 
-needs_nix_build = pytest.mark.skipif(shutil.which("nix-build") is None,
-                                     reason="needs nix-build on PATH")
+needs_nix_build = pytest.mark.skipif(  # a normal user's Debian nix-bin cannot build
+    shutil.which("nix-build") is None or nix_unusable() is not None,
+    reason=nix_unusable() or "needs nix-build on PATH")
 
 
 # --- the corpus ------------------------------------------------------------------------------

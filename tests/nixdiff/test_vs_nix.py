@@ -119,13 +119,11 @@ KNOWN_DIFFERENCES = {
     "attrs.odd-environ": "runc refuses environment names starting with '=' (we refuse them too)",
     "sandbox.proc": "runc 1.1.5 needs container 0 mapped (two uid_map lines) and writes "
                     "setgroups 'allow' when run as root",
-    "sandbox.fs": "container 0 maps to the caller, so host-root files show 0:0, not 65534",
-    "sandbox.dev": "owners 0:0 (as sandbox.fs); no /dev/kvm (needs a kvm system feature)",
+    "sandbox.dev": "runc mounts /dev/pts and /dev/shm as container root, which runc 1.1.5 "
+                   "needs mapped: they show 0:0 where Nix (container root unmapped) shows "
+                   "65534:65534",
     "sandbox.mounts": "runc leaves /dev alone only when something is bound at /dev: one "
                       "extra mount line; no /dev/kvm",
-    "failures.world-writable": "pending executor support: the output root's mode is not "
-                               "checked (request flag reject_writable_outputs, see "
-                               "to_request.py; Nix: local-derivation-goal.cc:2162)",
 }
 
 
