@@ -9,13 +9,19 @@ from pathlib import Path
 STORE_HELP = "castore directory (default: $OCIBUILD_STORE or ~/.cache/ocibuild/store)"
 
 
-def positive_seconds(text: str) -> float:
-    """A timeout: a number of seconds > 0 (omit the option for none)."""
+def _float(text: str, what: str = "number of seconds") -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+    if math.isnan(value) or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {what}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """A timeout: a number of seconds > 0 (omit the option for none)."""
+    if not (value := _float(text)) > 0:
         raise argparse.ArgumentTypeError(
             f"must be more than 0 seconds, got {text} (leave it out for no timeout)")
     return value
@@ -23,22 +29,14 @@ def positive_seconds(text: str) -> float:
 
 def nix_seconds(text: str) -> float:
     """nix-build's ``--timeout``: seconds >= 0, 0 meaning none as in Nix."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0 or math.isinf(value):
+    if not (value := _float(text)) >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 (none) or more seconds, got {text}")
     return value
 
 
 def non_negative(text: str) -> float:
     """An age or grace period: a number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0 or math.isinf(value):
+    if not (value := _float(text, "number")) >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
