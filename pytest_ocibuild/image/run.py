@@ -55,8 +55,10 @@ def _open_layer(path: Path) -> Any:
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def _apply(layer: Path, rootfs: Path) -> None:
-    """Extract one layer tar over ``rootfs``, honouring whiteouts."""
+def _apply(layer: Path, rootfs: Path, modes: dict[Path, int]) -> None:
+    """Extract one layer tar over ``rootfs``, honouring whiteouts. Not as root, directories
+    are extracted writable by their owner and their modes recorded in ``modes`` (root
+    writes into a 0555 directory, a normal user cannot)."""
     with _open_layer(layer) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
         for member in tar:
             name = member.name.lstrip("/")
@@ -70,9 +72,33 @@ def _apply(layer: Path, rootfs: Path) -> None:
             if base.startswith(WHITEOUT):
                 _remove(rootfs / parent / base[len(WHITEOUT):])
                 continue
+            _check_inside(rootfs, name, member, layer)
             if not (member.isdir() and target.is_dir()) and os.path.lexists(target):
                 _remove(target)
-            tar.extract(member, rootfs, set_attrs=True, filter="tar")
+            if member.isdir() and os.geteuid() != 0:
+                modes[target] = member.mode & 0o7777
+                member.mode |= 0o700
+            if _FILTERS:  # Python >= 3.11.4 / 3.12: tarfile checks the same again
+                tar.extract(member, rootfs, set_attrs=True, filter="tar")
+            else:  # Debian 12's python3 3.11.2 has no extraction filters
+                tar.extract(member, rootfs, set_attrs=True)
+
+
+_FILTERS = hasattr(tarfile, "tar_filter")
+
+
+def _check_inside(rootfs: Path, name: str, member: tarfile.TarInfo, layer: Path) -> None:
+    """Refuse an entry that would land outside ``rootfs`` (``..``, or through a symlink an
+    earlier entry made), or a hard link to something outside it."""
+    top = os.path.realpath(rootfs)
+    where = os.path.realpath(os.path.join(top, os.path.dirname(name)))
+    targets = [os.path.join(where, os.path.basename(name))]
+    if member.islnk():
+        targets.append(os.path.realpath(os.path.join(top, member.linkname.lstrip("/"))))
+    for t in targets:
+        if os.path.commonpath([top, os.path.normpath(t)]) != top:
+            raise InvalidRequest(f"{layer}: layer entry {member.name!r} would be written "
+                                 f"outside the root filesystem")
 
 
 def _remove(path: Path) -> None:
@@ -87,8 +113,12 @@ def unpack(layout: Path, rootfs: Path, tag: str = "latest") -> dict[str, Any]:
     """Apply the layers of ``tag`` to ``rootfs`` (created if missing); the image config."""
     manifest, config = read_image(layout, tag)
     rootfs.mkdir(parents=True, exist_ok=True)
+    modes: dict[Path, int] = {}  # a normal user's read-only directories, made so at the end
     for layer in manifest.get("layers", []):
-        _apply(_blob(layout, layer["digest"]), rootfs)
+        _apply(_blob(layout, layer["digest"]), rootfs, modes)
+    for path in sorted(modes, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path, modes[path])
     return config
 
 
@@ -101,8 +131,12 @@ class Ran:
     stderr: str
 
 
-def runtime_spec(args: Sequence[str], env: Sequence[str], cwd: str = "/") -> dict[str, Any]:
-    """A minimal OCI runtime spec for ``runc`` as root: ``runc spec``'s defaults, no tty."""
+def runtime_spec(args: Sequence[str], env: Sequence[str], cwd: str = "/", *,
+                 rootless: bool | None = None) -> dict[str, Any]:
+    """A minimal OCI runtime spec: ``runc spec``'s defaults, no tty; ``rootless`` (default:
+    not root) as ``runc spec --rootless`` makes it: a user namespace mapping container root
+    to the caller (who unpacked the rootfs) and /sys bound read-only instead of mounted."""
+    rootless = os.geteuid() != 0 if rootless is None else rootless
     caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
     mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -113,6 +147,14 @@ def runtime_spec(args: Sequence[str], env: Sequence[str], cwd: str = "/") -> dic
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
          "options": ["nosuid", "noexec", "nodev", "ro"]},
     ]
+    kinds = ["pid", "network", "ipc", "uts", "mount"]
+    ids: dict[str, Any] = {}
+    if rootless:
+        kinds.append("user")
+        ids = {"uidMappings": [{"containerID": 0, "hostID": os.geteuid(), "size": 1}],
+               "gidMappings": [{"containerID": 0, "hostID": os.getegid(), "size": 1}]}
+        mounts[-1] = {"destination": "/sys", "type": "none", "source": "/sys",
+                      "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
     return {
         "ociVersion": "1.0.2",
         "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": list(args),
@@ -121,8 +163,7 @@ def runtime_spec(args: Sequence[str], env: Sequence[str], cwd: str = "/") -> dic
         "root": {"path": "rootfs", "readonly": True},
         "hostname": "ocibuild-image",
         "mounts": mounts,
-        "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts",
-                                                       "mount")],
+        "linux": {"namespaces": [{"type": t} for t in kinds], **ids,
                   "maskedPaths": ["/proc/kcore", "/proc/keys", "/sys/firmware"],
                   "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]},
     }

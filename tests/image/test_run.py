@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -61,8 +62,26 @@ def test_layers_apply_in_order_with_whiteouts(tmp_path: Path) -> None:
 
 def test_escaping_entries_and_unknown_tags_are_refused(tmp_path: Path) -> None:
     oci = layout(tmp_path / "oci", [_tar([("../outside", b"x")])])
-    with pytest.raises(tarfile.OutsideDestinationError):
+    with pytest.raises(InvalidRequest, match="outside the root filesystem"):
         unpack(oci, tmp_path / "rootfs", "v1")
     assert not (tmp_path / "outside").exists()
     with pytest.raises(InvalidRequest, match="no image tagged 'latest'"):
         read_image(oci, "latest")
+
+
+def test_an_entry_through_an_earlier_symlink_is_refused(tmp_path: Path) -> None:
+    """A layer making ``a -> <outside>`` and then ``a/evil``: nothing is written outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        link = tarfile.TarInfo("a")
+        link.type, link.linkname = tarfile.SYMTYPE, str(outside)
+        tar.addfile(link)
+        evil = tarfile.TarInfo("a/evil")
+        evil.size = 1
+        tar.addfile(evil, io.BytesIO(b"x"))
+    oci = layout(tmp_path / "oci", [buf.getvalue()])
+    with pytest.raises(InvalidRequest, match="'a/evil' would be written outside"):
+        unpack(oci, tmp_path / "rootfs", "v1")
+    assert os.listdir(outside) == []
