@@ -41,8 +41,9 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
 
-def parse_size(value: Any, what: str) -> int:
-    """Bytes from an int or a string such as ``512M``, ``2G``, ``1.5GiB`` (binary units)."""
+def parse_size(value: Any, what: str, *, minimum: int = 1) -> int:
+    """Bytes from an int or a string such as ``512M``, ``2G``, ``1.5GiB`` (binary units),
+    at least ``minimum``."""
     if isinstance(value, bool):
         raise InvalidRequest(f"{what}: {value!r} is not a size")
     if isinstance(value, int):
@@ -52,8 +53,9 @@ def parse_size(value: Any, what: str) -> int:
         if m is None:
             raise InvalidRequest(f"{what}: {value!r} is not a size (e.g. 4096, 512M, 2G)")
         number = math.floor(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    if number <= 0:
-        raise InvalidRequest(f"{what}: {value!r} must be more than 0")
+    if number < minimum:
+        raise InvalidRequest(f"{what}: {value!r} must be at least {minimum}" if minimum != 1
+                             else f"{what}: {value!r} must be more than 0")
     return number
 
 

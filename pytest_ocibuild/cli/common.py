@@ -41,20 +41,16 @@ def non_negative(text: str) -> float:
     return value
 
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
 def parse_size(text: str) -> int:
-    """``1234``, ``500M``, ``10G``, ``1.5GiB`` (binary units) as bytes."""
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    unit = t[-1:] if t[-1:] in _UNITS and t[-1:] else ""
+    """``1234``, ``500M``, ``10G``, ``1.5GiB`` (binary units) as bytes, 0 allowed
+    (build.limits.parse_size)."""
+    from pytest_ocibuild.build.limits import parse_size as size
+    from pytest_ocibuild.errors import InvalidRequest
+
     try:
-        value = float(t[: len(t) - len(unit)])
-    except ValueError:
+        return size(text, "size", minimum=0)
+    except InvalidRequest:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
-    if not value >= 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
-    return int(value * _UNITS[unit])
 
 
 def human(n: float) -> str:

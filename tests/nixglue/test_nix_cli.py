@@ -15,6 +15,7 @@ from pytest_ocibuild.build.request import node_to_dict
 from pytest_ocibuild.castore.digest import Digest
 from pytest_ocibuild.castore.nodes import DirectoryNode, FileNode, SymlinkNode
 from pytest_ocibuild.nix.closure import node_from_json
+from tests.nixglue.conftest import write_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_nix = pytest.mark.skipif(
@@ -84,10 +85,7 @@ def test_evaluation_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    (tmp_path / "bb").mkdir()
-    shutil.copy2("/bin/busybox", tmp_path / "bb" / "busybox")
-    (tmp_path / "t.nix").write_text(NIX)
-    return tmp_path
+    return write_corpus(tmp_path, NIX)
 
 
 def build_args(corpus: Path) -> list[str]:

@@ -16,6 +16,7 @@ from pytest_ocibuild.errors import NixError
 from pytest_ocibuild.nix.command import settings_as_options
 from pytest_ocibuild.nix.options import NixOptions, sandbox_binds
 from pytest_ocibuild.nix.to_request import NixSettings
+from tests.nixglue.conftest import write_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_nix = pytest.mark.skipif(
@@ -125,10 +126,7 @@ def test_help_groups_as_nix_builds_manual() -> None:
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    (tmp_path / "bb").mkdir()
-    shutil.copy2("/bin/busybox", tmp_path / "bb" / "busybox")
-    (tmp_path / "t.nix").write_text(NIX)
-    return tmp_path
+    return write_corpus(tmp_path, NIX)
 
 
 def build(corpus: Path, attr: str, *args: str) -> subprocess.CompletedProcess[str]:
