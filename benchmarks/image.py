@@ -72,8 +72,8 @@ def main() -> int:
     ap.add_argument("--attr", action="append", help="candidate attribute (repeatable)")
     ap.add_argument("--max-layers", type=int, default=94)
     args = ap.parse_args()
-    from pytest_ocibuild.castore.ingest import export
     from pytest_ocibuild.castore.local import LocalStore
+    from pytest_ocibuild.castore.trees import export
     from pytest_ocibuild.image.export import Options, export_image, layer_cache
 
     work = Path(tempfile.mkdtemp(prefix="ocibuild-bench-image-"))

@@ -2,7 +2,7 @@
 
 Run from the repository root (as root, with nix-build on PATH)::
 
-    .venv/bin/python benchmarks/nix.py [--runs 9] [--graph-runs 1] [--floor]
+    .venv/bin/python benchmarks/nix.py [--runs 9] [--graph-runs 1] [--floor] [--runtime NAME]
 
 (a) ``trivial``: one derivation with no input but busybox (``graph.trivial`` in
 ``nix/default.nix``), built ``--runs`` times by each side, interleaved (the side going first
@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pytest_ocibuild.build.runtime import RUNTIMES
+
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "nix" / "default.nix"
 NIX_OPTS = ["--option", "sandbox", "true", "--option", "substituters", ""]
@@ -51,9 +53,12 @@ def _env() -> dict[str, str]:
     return env
 
 
+RUNTIME = ["--runtime", "runc"]  # ours: --runtime (set by main)
+
+
 def ours_cmd(store: Path, bbdir: Path, attr: str, nonce: str) -> list[str]:
     """``ocibuild nix-build`` of ``attr`` with ``nonce``."""
-    return [sys.executable, "-m", "pytest_ocibuild", "nix-build", "--store", str(store),
+    return [sys.executable, "-m", "pytest_ocibuild", "nix-build", *RUNTIME, "--store", str(store),
             str(CORPUS), "-A", attr, "--arg", "bbdir", str(bbdir), "--argstr", "nonce", nonce]
 
 
@@ -141,7 +146,11 @@ def main() -> int:
                     help="cold graph builds per side (default 1)")
     ap.add_argument("--floor", action="store_true",
                     help="first time each unavoidable component of a trivial build")
+    ap.add_argument("--runtime", default="runc", choices=RUNTIMES,
+                    help="our sandbox runtime (default runc)")
     args = ap.parse_args()
+    RUNTIME[1] = args.runtime
+    print(f"ours: --runtime {args.runtime}")
     if shutil.which("nix-build") is None:
         sys.exit("needs nix-build on PATH")
     run_id = f"{int(time.time())}-{secrets.token_hex(4)}"

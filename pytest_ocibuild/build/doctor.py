@@ -94,6 +94,16 @@ def check_runtime(binary: str) -> Check:
     return Check(binary, True, f"{line} ({path})")
 
 
+def check_backend(name: str) -> Check:
+    """What the backend itself says about running builds here (build.runtime)."""
+    from pytest_ocibuild.build.runtime import open_runtime
+
+    reason = open_runtime(name).unavailable_reason()
+    if reason:  # the reason names its fix
+        return Check(f"{name} builds", False, reason.split("; ocibuild doctor:")[0])
+    return Check(f"{name} builds", True, "can run builds here")
+
+
 def check_user_namespaces() -> Check:
     """User namespaces may be created (by this user, when not root)."""
     name = "user namespaces"
@@ -317,10 +327,12 @@ CHECKS: tuple[tuple[Callable[..., Check], bool], ...] = (
 _TAKES_STORE = {check_store, check_disk}
 
 
-def run_checks(store: Path | None = None) -> list[tuple[Check, bool]]:
-    """Every check's outcome with whether it is required."""
+def run_checks(store: Path | None = None, runtime: str = "runc") -> list[tuple[Check, bool]]:
+    """Every check's outcome with whether it is required (``runtime``: the one builds use)."""
     out = []
     for fn, required in CHECKS:
+        if isinstance(fn, functools.partial) and fn.func is check_runtime:
+            required = fn.args[0] == runtime
         out.append((fn(store) if fn in _TAKES_STORE else fn(), required))
     return out
 
@@ -341,9 +353,10 @@ def format_line(check: Check, required: bool) -> str:
     return " ".join(line.splitlines())
 
 
-def run(store: Path | None = None, *, as_json: bool = False) -> int:
+def run(store: Path | None = None, *, as_json: bool = False, runtime: str = "runc") -> int:
     """Print the report; 0 if every required check passed, else 1."""
-    results = run_checks(store)
+    results = run_checks(store, runtime)
+    results.insert(4, (check_backend(runtime), True))
     ok = all(c.ok for c, required in results if required)
     if as_json:
         print(json.dumps({"ok": ok, "checks": [{**c._asdict(), "required": r}
@@ -361,13 +374,17 @@ def add_doctor(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        "FUSE, Nix, the store and free disk (see docs/doctor.md). Exit 1 if a "
                        "required check fails.")
     _options(p)
-    p.set_defaults(handler=lambda args: run(args.store, as_json=args.json))
+    p.set_defaults(handler=lambda args: run(args.store, as_json=args.json,
+                                            runtime=args.runtime))
 
 
 def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", type=Path, metavar="DIR",
                    help="castore directory (default: $OCIBUILD_STORE or ~/.cache/ocibuild/store)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--runtime", default="runc", choices=["runc", "crun", "runsc", "bwrap"],
+                   help="the sandbox runtime builds will use: its check is required, the "
+                   "others' optional (default: runc)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -375,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ocibuild doctor")
     _options(p)
     args = p.parse_args(argv)
-    return run(args.store, as_json=args.json)
+    return run(args.store, as_json=args.json, runtime=args.runtime)
 
 
 if __name__ == "__main__":

@@ -26,24 +26,23 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import stat
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_ocibuild.build import logs
+from pytest_ocibuild.build import events, logs
 from pytest_ocibuild.build.atomic import file_lock, remove_tree
 from pytest_ocibuild.build.budget import check_budget
-from pytest_ocibuild.build.bundle import BundleLayout, BundleShell, make_bundle, plan_bundle
+from pytest_ocibuild.build.bundle import BundleShell, make_bundle, plan_bundle
 from pytest_ocibuild.build.caches import CacheStore
+from pytest_ocibuild.build.collect import collect_outputs
 from pytest_ocibuild.build.ids import IdMaps
 from pytest_ocibuild.build.inputs import InputProvider, open_input_provider
 from pytest_ocibuild.build.limits import Limits, limit_failure
 from pytest_ocibuild.build.locations import bundle_root as user_bundle_root
 from pytest_ocibuild.build.locations import default_store_dir
 from pytest_ocibuild.build.logs import log_tail
-from pytest_ocibuild.build.refscan import scan_node
 from pytest_ocibuild.build.request import Build, BuildRequest
 from pytest_ocibuild.build.results import (
     CacheStats,
@@ -53,11 +52,9 @@ from pytest_ocibuild.build.results import (
     result_key,
 )
 from pytest_ocibuild.build.root_pool import SHARED_DIR, RootPool
-from pytest_ocibuild.build.runtime import Runtime, open_runtime
+from pytest_ocibuild.build.runtime import ChoosesIds, DefersDeletes, Runtime, open_runtime
 from pytest_ocibuild.build.slots import Slots
 from pytest_ocibuild.build.spec import host_network_files, make_spec
-from pytest_ocibuild.castore.ingest import UnsupportedFileType, ingest_path
-from pytest_ocibuild.castore.nodes import Node
 from pytest_ocibuild.castore.store import Store, open_store
 from pytest_ocibuild.errors import BuildFailed, BundleError, RuntimeUnavailable
 
@@ -107,6 +104,8 @@ class Executor:
         self.cache_failures = cache_failures
         self.stats = CacheStats()
         self.limits = limits or Limits()  # what a request leaves unset (then build.limits)
+        if id_maps is None and isinstance(runtime, ChoosesIds):
+            id_maps = runtime.id_maps()  # e.g. bwrap as a normal user: the caller's ids
         self._id_maps = id_maps
         self._id_maps_given = id_maps is not None
         self._per_slot: dict[int, IdMaps] = {}
@@ -114,6 +113,7 @@ class Executor:
         self._roots = RootPool(self.bundle_root / SHARED_DIR)
         self._shells = RootPool(self.bundle_root / SHARED_DIR, "bundles")
         self._lock = threading.Lock()
+        self._flights = events.Flights()  # builds running here, for joiners' logs
 
     @property
     def id_maps(self) -> IdMaps:
@@ -160,6 +160,7 @@ class Executor:
         log: Path | None = None,
         cache: bool | None = None,
         expect_timeout: bool = False,
+        listener: events.Listener | None = None,
     ) -> Build:
         """Build ``request`` (or return its recorded Build); raise BuildFailed on failure.
 
@@ -167,27 +168,42 @@ class Executor:
         output goes (on a hit: a copy of the recorded log). ``expect_timeout``: the caller
         expects the build to time out, so with ``cache_failures`` a timeout is recorded (and
         found again) like a deterministic failure. RuntimeUnavailable if runc cannot run here.
+        ``listener``: called with each build event (build.events), in this thread.
         """
+        if listener is None:
+            return self._build(request, timeout, log, cache, expect_timeout, None)
+        return events.observed(listener, result_key(request), lambda: self._build(
+            request, timeout, log, cache, expect_timeout, listener))
+
+    def _build(
+        self, request: BuildRequest, timeout: float | None, log: Path | None,
+        cache: bool | None, expect_timeout: bool, listener: events.Listener | None,
+    ) -> Build:
+        """``build`` (its events but the first and the last to ``listener``)."""
         results = self.results
         timeout = timeout if timeout is not None else self.timeout
         if results is None:
-            return self._run(request, timeout, log)
+            return self._run(request, timeout, log, listener=listener)
         use = self.cache if cache is None else cache
         key = result_key(request)
         start = time.monotonic()
         limit = timeout if expect_timeout else None
         if use and (hit := self._lookup(request, key, log, start, limit)) is not None:
             return hit
+        if use and listener is not None:  # an identical build running here: its log
+            self._flights.join(key, listener)
         with results.lock(key) if use else contextlib.nullcontext():
             if use and (hit := self._lookup(request, key, log, start, limit)) is not None:
                 return hit  # an identical build finished while we waited
             self.stats.miss()
             from pytest_ocibuild.build.gc import gc_lock_path
 
-            with file_lock(gc_lock_path(results.root), shared=True):
+            with file_lock(gc_lock_path(results.root), shared=True), \
+                    self._flights.flying(key, listener) as listener:
                 began = time.monotonic()
                 try:
-                    build = self._run(request, timeout, log, results=results)
+                    build = self._run(request, timeout, log, results=results,
+                                      listener=listener)
                 except BuildFailed as e:
                     if self.cache_failures and (e.reason in CACHEABLE_FAILURES or (
                             e.reason == "timeout" and limit is not None)):
@@ -242,6 +258,7 @@ class Executor:
         log: Path | None,
         *,
         results: ResultStore | None = None,
+        listener: events.Listener | None = None,
     ) -> Build:
         """Run the build for real; keep its log in ``results`` whatever the outcome."""
         reason = self.runtime.unavailable_reason()
@@ -266,7 +283,8 @@ class Executor:
             plan = plan_bundle(request, spec)  # owners and mount points, derived once
             skeleton = plan.skeleton
             # runc deletes the container while we ingest the outputs and remove the bundle
-            stack.enter_context(self.runtime.deferring_deletes())
+            if isinstance(self.runtime, DefersDeletes):
+                stack.enter_context(self.runtime.deferring_deletes())
             # a root of an earlier build (kept bundles get their own)
             rootfs = stack.enter_context(self._roots.use(skeleton)) \
                 if skeleton.reusable and not self.keep_bundles else None
@@ -281,9 +299,11 @@ class Executor:
                                      cache_dirs={n: c.path for n, c in clones.items()},
                                      shared_dir=self.bundle_root / SHARED_DIR, rootfs=rootfs,
                                      reuse=pooled, plan=plan)
+                on_output = events.started(listener, bundle_dir, self.runtime, request)
                 with self.inputs.provide(self.store, request.inputs, layout.inputs_dir):
+                    events.phase(listener, "run")
                     status = self.runtime.run(bundle_dir, cid, log=log_path, timeout=timeout,
-                                              max_silent=limits.max_silent_time)
+                                              max_silent=limits.max_silent_time, **on_output)
                 if os.geteuid() != 0:  # what a rootless build wrote: the caller's again
                     from pytest_ocibuild.build.userns import give_back
 
@@ -299,7 +319,9 @@ class Executor:
                         failure[0], reason=failure[1], detail=log_tail(log_path),
                         exit_code=status.code if failure[1] == "exit-code" else None,
                         log_path=str(shown))
-                nodes, needles = self._collect(request, layout, log_path, shown)
+                events.phase(listener, "ingest")
+                nodes, needles = collect_outputs(self.store, request, layout, log_path, shown,
+                                                 listener)
             finally:
                 if not self.keep_bundles and not pooled:
                     remove_tree(bundle_dir)
@@ -312,46 +334,6 @@ class Executor:
             request=request, outputs=nodes, outputs_needles=needles,
             exit_code=status.code, duration=status.duration, log_path=str(shown),
         )
-
-    def _collect(
-        self, request: BuildRequest, layout: BundleLayout, log_path: Path, shown: Path
-    ) -> tuple[tuple[Node, ...], tuple[tuple[int, ...], ...]]:
-        """Ingest every output, reached without following the build's symlinks, and scan
-        what was stored (not the host tree again) for the request's needles."""
-        needles = [n.encode() for n in request.refscan_needles]
-        nodes: list[Node] = []
-        found: list[tuple[int, ...]] = []
-        for output in request.outputs:
-            try:
-                with layout.open_output(output) as entry:
-                    if entry is None:
-                        raise BuildFailed(
-                            f"build did not produce output {output!r}",
-                            reason="missing-output", detail=log_tail(log_path),
-                            log_path=str(shown),
-                        )
-                    if request.reject_writable_outputs and not stat.S_ISLNK(entry.mode) \
-                            and entry.mode & 0o022:
-                        raise BuildFailed(
-                            f"output {output!r} is writable by group or others (mode "
-                            f"{stat.S_IMODE(entry.mode):04o})", reason="suspicious-output",
-                            path=output)
-                    try:
-                        node = ingest_path(self.store, entry.path)
-                    except UnsupportedFileType as e:
-                        rel = os.path.relpath(e.path, entry.path)
-                        where = output if rel == "." else f"{output}/{rel}"
-                        raise BuildFailed(
-                            f"output {output!r}: {where} is {e.kind}, which an output may "
-                            "not hold (only files, directories and symlinks)",
-                            reason="output-rejected", path=where) from e
-            except BuildFailed as e:
-                e.log_path = e.log_path or str(shown)
-                e.detail = e.detail or log_tail(log_path)
-                raise
-            nodes.append(node)
-            found.append(tuple(sorted(scan_node(self.store, node, needles))) if needles else ())
-        return tuple(nodes), tuple(found)
 
 
 def open_executor(
@@ -383,7 +365,7 @@ def open_executor(
     executor = Executor(
         open_store(text),
         inputs=open_input_provider(inputs),
-        runtime=open_runtime(runtime),  # runc state: locations.runtime_state_dir()
+        runtime=open_runtime(runtime),  # state: locations.runtime_state_dir(name)
         bundle_root=root,
         keep_bundles=keep_bundles,
         timeout=timeout,

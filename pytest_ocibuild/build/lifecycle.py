@@ -22,7 +22,6 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pytest_ocibuild.build.atomic import (
     older_than,
@@ -31,6 +30,7 @@ from pytest_ocibuild.build.atomic import (
     remove_tree,
     staging_pid,
 )
+from pytest_ocibuild.build.runtime.base import Purgeable
 
 CONTAINER_PREFIX = "ocibuild-"
 STAGING_MAX_AGE = 24 * 3600.0  # seconds; staging files of live writers older than this go too
@@ -50,6 +50,7 @@ class PurgeReport:
     staging: list[str] = field(default_factory=list)
     locks: list[str] = field(default_factory=list)
     caches: list[str] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -74,18 +75,20 @@ def purge(
     *,
     store_root: Path | None = None,
     bundle_root: Path | None = None,
-    runtime: Any = None,
+    runtime: object = None,
     staging_age: float = STAGING_MAX_AGE,
 ) -> PurgeReport:
     """Clean up after crashed runs; see the module docstring.
 
-    ``runtime``: a RuncRuntime (anything with ``list()`` and ``purge(prefix)``) whose state dir
-    is checked for our containers. ``store_root``: castore root (staging, locks, caches).
+    ``runtime``: if Purgeable (base), its state dir is checked for our containers.
+    ``store_root``: castore root (staging, locks, caches).
     ``bundle_root``: where bundles are made (mounts, bundle directories).
     """
     report = PurgeReport()
-    if runtime is not None and hasattr(runtime, "list"):
+    if isinstance(runtime, Purgeable):
         report.containers = purge_containers(runtime)
+    if runtime is not None:
+        report.cgroups = purge_cgroups()
     if bundle_root is not None and Path(bundle_root).is_dir():
         from pytest_ocibuild.build.root_pool import SHARED_DIR, purge_dead
 
@@ -104,7 +107,7 @@ def purge(
     return report
 
 
-def purge_containers(runtime: Any, wait: float = CREATING_WAIT) -> list[str]:
+def purge_containers(runtime: Purgeable, wait: float = CREATING_WAIT) -> list[str]:
     """Kill and delete our containers whose creating process is gone.
 
     A killed client's reaper lives on while it has jobs, and may still be creating a container
@@ -117,8 +120,8 @@ def purge_containers(runtime: Any, wait: float = CREATING_WAIT) -> list[str]:
     while _dead_owner_states(runtime) and time.monotonic() < deadline:
         time.sleep(0.05)
         gone += _purge_dead_owners(runtime)
-    state = getattr(runtime, "state_dir", None)
-    if state is not None and Path(state).is_dir():
+    state = runtime.state_dir
+    if Path(state).is_dir():
         for entry in Path(state).iterdir():
             if entry.name.endswith(".runc-log.json") and _dead(entry.name.split(".")[0]):
                 with contextlib.suppress(FileNotFoundError):
@@ -126,7 +129,28 @@ def purge_containers(runtime: Any, wait: float = CREATING_WAIT) -> list[str]:
     return gone
 
 
-def _purge_dead_owners(runtime: Any) -> list[str]:
+def purge_cgroups(root: Path = Path("/sys/fs/cgroup")) -> list[str]:
+    """Remove the empty cgroups (``<controller>/ocibuild-<pid>-...``, cgroup v1 and v2) of
+    containers whose creating process is gone, which a runtime killed while creating or
+    deleting one leaves; a cgroup still holding a process cannot be removed (EBUSY)."""
+    gone: list[str] = []
+    if os.geteuid() != 0:  # a normal user's builds get no cgroups (build.limits)
+        return gone
+    with contextlib.suppress(OSError):
+        controllers = [d for d in root.iterdir() if d.is_dir()]
+        # runc's <controller>/<id>, bwrap's <controller>/ocibuild/<id> (runtime.bwrap)
+        for hierarchy in [root, *controllers, *(d / "ocibuild" for d in controllers)]:
+            with contextlib.suppress(OSError), os.scandir(hierarchy) as it:
+                for entry in it:
+                    if entry.name.startswith(CONTAINER_PREFIX) and _dead(entry.name) \
+                            and entry.is_dir(follow_symlinks=False):
+                        with contextlib.suppress(OSError):
+                            os.rmdir(entry.path)
+                            gone.append(entry.path)
+    return gone
+
+
+def _purge_dead_owners(runtime: Purgeable) -> list[str]:
     gone = []
     for cid in runtime.list():
         if _dead(cid):
@@ -134,11 +158,9 @@ def _purge_dead_owners(runtime: Any) -> list[str]:
     return gone
 
 
-def _dead_owner_states(runtime: Any) -> list[str]:
+def _dead_owner_states(runtime: Purgeable) -> list[str]:
     """Recent container state directories (``<state>/<id>/``) of processes that are gone."""
-    state = getattr(runtime, "state_dir", None)
-    if state is None:
-        return []
+    state = runtime.state_dir
     found = []
     now = time.time()
     try:

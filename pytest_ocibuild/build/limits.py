@@ -5,7 +5,7 @@ executor (CLI options, pytest ini keys), and what that leaves unset from ``DEFAU
 are not part of the request digest: they decide whether a build may finish, not what it
 produces, and a build stopped by one is never recorded as a result.
 
-How each is enforced (see ``spec.make_spec`` and ``Executor._collect``):
+How each is enforced (see ``spec.make_spec`` and ``collect.collect_outputs``):
 
 - ``pids``: the cgroup pids controller (``linux.resources.pids``) as root; without cgroups
   (a normal user on cgroup v1) ``RLIMIT_NPROC``. Reason ``too-many-processes`` when a

@@ -29,9 +29,10 @@ def default_store_dir() -> Path:
     return Path(cache) / "ocibuild" / "store"
 
 
-def runtime_state_dir() -> Path:
-    """runc's ``--root`` for every build of this user: ``<user dir>/runc`` (mode 0700)."""
-    return _subdir("runc", 0o700)
+def runtime_state_dir(runtime: str = "runc") -> Path:
+    """A runtime's ``--root`` for every build of this user: ``<user dir>/<runtime>`` (mode
+    0700)."""
+    return _subdir(runtime, 0o700)
 
 
 def bundle_root() -> Path:

@@ -43,29 +43,13 @@ def _sibling(name: str) -> types.ModuleType:
 
 cleanup = _sibling("reaper_cleanup")
 cgroups = _sibling("reaper_cgroups")
+rio = _sibling("reaper_io")
+_status, _write_all, _kill = rio.status, rio.write_all, rio.kill
 PR_SET_CHILD_SUBREAPER = 36
 _READ = selectors.EVENT_READ
 _FDS_PER_JOB = 4
 RUNC_LOG_MAX = 32768  # bytes of runc's own log passed back (an answer is one datagram)
 CLEANUP_WAIT = 10.0  # seconds the reaper of a dead client waits for its jobs to end
-
-
-def _status(st: int) -> int:
-    if os.WIFSIGNALED(st):
-        return 128 + os.WTERMSIG(st)
-    return os.WEXITSTATUS(st) if os.WIFEXITED(st) else 255
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _kill(pid: int | None) -> None:
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 class Job:
@@ -76,16 +60,20 @@ class Job:
         self.chan = socket.socket(fileno=fds[0])
         self.log, out, err = fds[1:]
         self.state_dir: str = spec["state"]
-        self.delete_argv: list[str] = spec["delete"]
+        self.delete_argv: list[str] | None = spec["delete"]  # None: nothing to delete
+        self.foreground: bool = spec.get("foreground", False)  # argv's own status is the code
         self.env: dict[str, str] = spec["env"]
         self.pid_file: str | None = spec.get("pid_file")
+        self.stream: bool = bool(spec.get("stream"))  # forward output chunks (reaper_io)
         bundle = spec.get("bundle")
         if isinstance(bundle, str) and reaper.client is not None:
             found = cleanup.owned_root(bundle, reaper.client)
             if found is not None:
                 reaper.roots.add(found[0])
                 reaper.owned.add(os.path.realpath(found[1]))
-        self.state: dict | None = None  # runc's state.json, once read
+        # runc's state.json, once read; else the cgroups a runtime named (limits_reached)
+        self.state: dict | None = {"cgroup_paths": spec["cgroup_paths"]} \
+            if spec.get("cgroup_paths") else None
         self.limits: list[str] = []  # cgroup limits a failed container reached
         self.sinks: dict[int, int] = {}
         self.init: int | None = None
@@ -101,10 +89,7 @@ class Job:
         self.sinks = {out_r: out, err_r: err}
         self.runc_log = os.memfd_create("runc-log")
         try:
-            self.runc: int | None = os.posix_spawn(spec["argv"][0], spec["argv"], spec["env"],
-                                                   file_actions=[
-                (os.POSIX_SPAWN_DUP2, reaper.devnull, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
-                (os.POSIX_SPAWN_DUP2, err_w, 2), (os.POSIX_SPAWN_DUP2, self.runc_log, 3)])
+            self.runc: int | None = rio.spawn(spec, reaper.devnull, out_w, err_w, self.runc_log)
         except OSError as e:
             self.runc = None
             self._say(f"ocibuild: cannot execute {spec['argv'][0]}: {e.strerror}\n")
@@ -122,7 +107,7 @@ class Job:
         _write_all(self.log, text.encode())
 
     def _pump(self, r: int) -> None:
-        data = os.read(r, 65536)
+        data = os.read(r, rio.STREAM_READ if self.stream else 65536)
         if not data:
             self.reaper.sel.unregister(r)
             os.close(r)
@@ -132,6 +117,8 @@ class Job:
         # the chunk's record (build.logs): stream 1 stdout / 2 stderr, length u32 LE
         stream = 1 if r == self.out_r else 2
         _write_all(self.sinks[r], bytes((stream,)) + len(data).to_bytes(4, "little"))
+        if self.stream and not self.abandoned:
+            self.stream = rio.forward(self.chan, stream, data)
 
     def _message(self, _: None) -> None:
         if self.abandoned:  # unregistered while this event was pending
@@ -168,8 +155,9 @@ class Job:
         if self.code is None and self.init is None and self.runc in reaped:
             runc_code = _status(reaped.pop(self.runc))
             self.runc = None
-            if runc_code != 0:
+            if runc_code != 0 or self.foreground:
                 self.code = runc_code
+                self.stopped = self.foreground
             else:
                 try:
                     if self.pid_file is not None:
@@ -191,12 +179,14 @@ class Job:
             return False
         if not self.sinks and not self.exit_sent:  # answer first: the client goes on
             self.exit_sent = True
-            self._answer({"code": self.code, "runc_log": self._runc_log(),
-                          "limits": self.limits})
+            log = rio.runc_log(self.runc_log, RUNC_LOG_MAX)  # closed now
+            self._answer({"code": self.code, "runc_log": log, "limits": self.limits})
         if self.stopped and self.deleted is None and self.deleter is None:
             self.stopped = False  # one try
             if self.state is not None and cgroups.remove_stopped(self.state_dir, self.state):
                 self.deleted = True
+        if self.delete_argv is None and self.deleted is None:
+            self.deleted = True
         if self.deleter is None and self.deleted is None:
             self.deleter = self.reaper.spawn_quiet(self.delete_argv, self.env)
             if self.deleter is None:
@@ -212,13 +202,6 @@ class Job:
         self.chan.close()
         os.close(self.log)
         return True
-
-    def _runc_log(self) -> str:
-        """What runc logged (its last ``RUNC_LOG_MAX`` bytes); the memory file is closed."""
-        size = os.fstat(self.runc_log).st_size
-        data = os.pread(self.runc_log, RUNC_LOG_MAX, max(0, size - RUNC_LOG_MAX))
-        os.close(self.runc_log)
-        return data.decode(errors="replace")
 
     def _answer(self, answer: dict) -> None:
         if not self.abandoned:
@@ -385,6 +368,7 @@ class Reaper:
 
 def main(argv: list[str]) -> int:
     control = socket.socket(fileno=int(argv[1]))
+    control.set_inheritable(False)  # never a runtime's or a build's (bwrap passes fds on)
     personality = int(argv[2], 16)
     client = int(argv[3]) if len(argv) > 3 else None
     libc = ctypes.CDLL(None, use_errno=True)

@@ -22,10 +22,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 REAPER = str(Path(__file__).with_name("reaper.py"))  # run as a script: see reaper.py
 SHUTDOWN_WAIT = 5.0  # seconds to wait at exit for the helper to finish (it has no job then)
+STREAMS = {1: "stdout", 2: "stderr"}  # the first byte of a forwarded chunk (reaper_io)
+OnOutput = Callable[[str, bytes], None]
 
 
 class ReaperGone(Exception):
@@ -36,11 +40,13 @@ class Job:
     """A submitted job: ``wait_exit``, then ``wait_deleted``; ``kill`` it; ``close`` to abandon it.
 
     Each ``wait_*`` raises TimeoutError after ``timeout`` seconds (the job goes on; wait
-    again) and ReaperGone if the helper died.
+    again) and ReaperGone if the helper died. ``on_output(stream, chunk)``: a streaming job's
+    output chunks (submitted with ``"stream": true``), called as they come while waiting.
     """
 
-    def __init__(self, chan: socket.socket) -> None:
+    def __init__(self, chan: socket.socket, on_output: OnOutput | None = None) -> None:
         self._chan = chan
+        self._on_output = on_output
 
     def wait_exit(self, timeout: float | None) -> tuple[int, str, tuple[str, ...]]:
         """The container's exit code (see reaper), once its output is complete, what runc
@@ -61,14 +67,23 @@ class Job:
             raise ReaperGone("the job was abandoned")
         poller = select.poll()  # not select(): fds may be above FD_SETSIZE
         poller.register(self._chan, select.POLLIN)
-        if not poller.poll(None if timeout is None else math.ceil(timeout * 1000)):
-            raise TimeoutError
-        try:
-            data = self._chan.recv(4096)
-        except OSError as e:
-            raise ReaperGone(f"the reaper process failed: {e}") from None
-        if not data:
-            raise ReaperGone("the reaper process died")
+        deadline = None if timeout is None or self._on_output is None else \
+            time.monotonic() + timeout
+        while True:
+            if not poller.poll(None if timeout is None else math.ceil(timeout * 1000)):
+                raise TimeoutError
+            try:
+                data = self._chan.recv(65536 if self._on_output is not None else 4096)
+            except OSError as e:
+                raise ReaperGone(f"the reaper process failed: {e}") from None
+            if not data:
+                raise ReaperGone("the reaper process died")
+            if data[0] not in STREAMS:
+                break
+            if self._on_output is not None:  # an output chunk (reaper_io.forward)
+                self._on_output(STREAMS[data[0]], data[1:])
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
         answer = json.loads(data)
         if not isinstance(answer, dict) or key not in answer:
             raise ReaperGone(f"the reaper answered {answer!r}, not {key!r}")
@@ -108,8 +123,9 @@ class Reaper:
     def alive(self) -> bool:
         return self.pid == os.getpid() and self.proc.poll() is None
 
-    def submit(self, job: dict, fds: list[int]) -> Job:
+    def submit(self, job: dict, fds: list[int], on_output: OnOutput | None = None) -> Job:
         """Send ``job`` (see reaper) with the log, stdout and stderr fds; returns its Job.
+        ``on_output``: the Job's callback for the chunks of a ``"stream": true`` job.
 
         ``job["bundle"]`` (the bundle dir, cleaned up if this process dies) defaults to
         runc's ``--bundle`` argument."""
@@ -126,7 +142,7 @@ class Reaper:
             raise ReaperGone(f"the reaper process is gone: {e}") from None
         finally:
             theirs.close()
-        return Job(ours)
+        return Job(ours, on_output)
 
     def watch(self, root: Path) -> None:
         """Have the helper clean up in bundle root ``root`` too, should this process die."""

@@ -37,7 +37,6 @@ every read verifies the digest (``store verify`` finds the rest). ``fsync=True``
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import itertools
@@ -46,14 +45,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from pytest_ocibuild.castore.digest import EMPTY, Digest, hasher
+from pytest_ocibuild.castore.digest import Digest, hasher
 from pytest_ocibuild.castore.direct import DirectWriter, open_direct
+from pytest_ocibuild.castore.local_files import (
+    VerifyingReader,
+    copy_fd,
+    file_size,
+    iter_objects,
+    link_into,
+    present,
+    unlink_quiet,
+)
+from pytest_ocibuild.castore.local_writer import LocalWriter
 from pytest_ocibuild.castore.nodes import Directory
 from pytest_ocibuild.castore.pack import BLOB, DIRECTORY, Entry, PackIndex, PackWriter, read_entry
 from pytest_ocibuild.errors import StoreError
 
-_HEX = frozenset("0123456789abcdef")
-_LAZY = 1 << 20  # blobs up to this size are buffered before any staging file exists
 _DIRECT_MIN = 64 << 10  # blobs from this size on are written with O_DIRECT (see direct.py)
 _STAGING_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _TMPFILE_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_WRONLY | os.O_CLOEXEC
@@ -187,20 +194,20 @@ class LocalStore:
         src = f"{_PROC_FD}/{fd}"
         try:
             try:
-                _link(src, target)
+                link_into(src, target)
             except FileNotFoundError:  # first object of its blobs/<2 hex>/ directory
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                _link(src, target)
+                link_into(src, target)
         except FileExistsError:
-            if _size(target) == size:
+            if file_size(target) == size:
                 return  # the same object, stored before (content addressing)
             # truncated by a power loss: name our copy and rename it over, atomically
             staging = self._staging_name("repair")
-            _link(src, staging)
+            link_into(src, staging)
             try:
                 self._install(staging, target)
             except BaseException:
-                _unlink_quiet(staging)
+                unlink_quiet(staging)
                 raise
 
     def _install(self, staging: str, target: str) -> None:
@@ -229,7 +236,7 @@ class LocalStore:
             self._publish(fd, staging, target, size)
         except BaseException:
             if staging:
-                _unlink_quiet(staging)
+                unlink_quiet(staging)
             raise
         finally:
             os.close(fd)
@@ -244,7 +251,7 @@ class LocalStore:
         the empty blob (what a power loss leaves of an unsynced write). ``refresh=False``
         does not look for packs published since this store object last looked.
         """
-        if self._packed(digest, size, False) or _present(self._blob_file(digest), size, digest):
+        if self._packed(digest, size, False) or present(self._blob_file(digest), size, digest):
             return True
         return refresh and self._packed(digest, size, True)
 
@@ -279,7 +286,7 @@ class LocalStore:
     def _put_known(self, digest: Digest, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` (whose digest is ``digest``) unless a file of its size is there."""
         target = self._blob_file(digest)
-        if self._packed(digest, len(data), False) or _present(target, len(data), digest):
+        if self._packed(digest, len(data), False) or present(target, len(data), digest):
             return
         try:
             self._store_with("blob", target, len(data), len(data) >= _DIRECT_MIN,
@@ -295,10 +302,10 @@ class LocalStore:
         except FileNotFoundError:
             data = self._read_packed(digest)
             return None if data is None else io.BytesIO(data)
-        return io.BufferedReader(_VerifyingReader(f, digest), buffer_size=1 << 20)
+        return io.BufferedReader(VerifyingReader(f, digest), buffer_size=1 << 20)
 
-    def blob_writer(self) -> _LocalWriter:
-        return _LocalWriter(self)
+    def blob_writer(self) -> LocalWriter:
+        return LocalWriter(self)
 
     def blob_path(self, digest: Digest, executable: bool = False) -> Path | None:
         """On-disk path of the blob (for hardlinking), or None if absent.
@@ -308,7 +315,7 @@ class LocalStore:
         unpacked into its file first (verified). Contents of files are not re-verified here.
         """
         plain = Path(self._blob_file(digest))
-        if not _present(str(plain), None, digest):
+        if not present(str(plain), None, digest):
             data = self._read_packed(digest)
             if data is None:
                 return None
@@ -321,7 +328,7 @@ class LocalStore:
         with open(plain, "rb") as src:
             size = os.fstat(src.fileno()).st_size
             self._store_with("exec", str(twin), size, False,
-                             lambda out: _copy_fd(src.fileno(), out.fd), 0o555)
+                             lambda out: copy_fd(src.fileno(), out.fd), 0o555)
         return twin
 
     def iter_blobs(self) -> Iterator[Digest]:
@@ -332,7 +339,7 @@ class LocalStore:
     def _iter_kind(self, base: str, kind: int) -> Iterator[Digest]:
         """Loose objects under ``base``, then packed objects of ``kind`` not seen loose."""
         seen: set[bytes] = set()
-        for digest in _iter_objects(base):
+        for digest in iter_objects(base):
             seen.add(digest.raw)
             yield digest
         self.packs.refresh()
@@ -345,7 +352,7 @@ class LocalStore:
     def has_directory(self, digest: Digest, size: int | None = None, *,
                       refresh: bool = True) -> bool:
         """True if the directory is present, packed or as a file (see ``has_blob``)."""
-        if self._packed(digest, size, False, DIRECTORY) or _present(
+        if self._packed(digest, size, False, DIRECTORY) or present(
                 self._dir_file(digest), size, digest):
             return True
         return refresh and self._packed(digest, size, True, DIRECTORY)
@@ -374,7 +381,7 @@ class LocalStore:
         data = directory.encode()
         digest = Digest.of(data)
         target = self._dir_file(digest)
-        if self._packed(digest, len(data), False, DIRECTORY) or _present(
+        if self._packed(digest, len(data), False, DIRECTORY) or present(
                 target, len(data), digest):
             return digest
         self._store_with("dir", target, len(data), False, lambda out: out.write(data))
@@ -387,199 +394,3 @@ class LocalStore:
     def staging_files(self) -> list[str]:
         """Names currently in ``tmp/`` (leftovers of crashed writers, or writes in flight)."""
         return sorted(os.listdir(self._tmp))
-
-
-class _LocalWriter:
-    """Streams a blob into a private staging file, hashing as it goes.
-
-    The first ``_LAZY`` bytes are held in memory and the staging file is only created once
-    the blob outgrows them or turns out to be new, so re-storing a small blob that is already
-    present touches nothing on disk.
-    """
-
-    def __init__(self, store: LocalStore) -> None:
-        self._store = store
-        self._fd, self._path = -1, ""
-        self._out: DirectWriter | None = None
-        self._head = bytearray()
-        self._hash = hasher()
-        self._size = 0
-        self._done = False
-
-    def write(self, chunk: bytes | bytearray | memoryview) -> None:
-        if self._done:
-            raise ValueError("blob writer already finished")
-        self._hash.update(chunk)
-        self._size += len(chunk)
-        if self._out is None and len(self._head) + len(chunk) <= _LAZY:
-            self._head += chunk
-            return
-        try:
-            self._spill()
-            assert self._out is not None
-            self._out.write(chunk)
-        except OSError as e:
-            self.abort()
-            where = self._path or "staging file"
-            raise StoreError(f"{where}: cannot write blob: {e.strerror}") from e
-
-    def write_from(self, fd: int) -> int:
-        """Append everything left in the file ``fd`` (read straight into the staging file's
-        aligned buffer: one copy); return the number of bytes. OSErrors abort the writer."""
-        if self._done:
-            raise ValueError("blob writer already finished")
-        total = 0
-        try:
-            self._spill()
-            assert self._out is not None
-            while n := self._out.fill_from(fd, self._hash.update):
-                total += n
-        except BaseException:
-            self.abort()
-            raise
-        self._size += total
-        return total
-
-    def _spill(self) -> None:
-        """Create the staging file (once) and flush the in-memory head to it."""
-        if self._out is None:
-            self._fd, self._path, self._out = self._store._staging_out("blob")
-            self._out.write(self._head)
-            self._head = bytearray()
-
-    def commit(self) -> Digest:
-        if self._done:
-            raise ValueError("blob writer already finished")
-        self._done = True
-        digest = Digest(self._hash.digest())
-        if self._out is None:  # small: still in memory, no staging file yet
-            head, self._head = self._head, bytearray()
-            self._store._put_known(digest, head)
-            return digest
-        target = self._store._blob_file(digest)
-        try:
-            if _present(target, self._size, digest):  # already stored: nothing to write
-                self._cleanup()
-                return digest
-            assert self._out is not None
-            self._out.close()
-            self._store._seal(self._fd, 0o444)
-            self._store._publish(self._fd, self._path, target, self._size)
-            self._path = ""  # published: nothing left to unlink
-            self._cleanup()
-        except BaseException as e:
-            self._cleanup()
-            if isinstance(e, OSError):
-                raise StoreError(f"blob {digest.hex}: cannot store: {e.strerror}") from e
-            raise
-        return digest
-
-    def abort(self) -> None:
-        self._done = True
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        self._head = bytearray()
-        if self._out is not None:
-            self._out.release()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self._path:
-            _unlink_quiet(self._path)
-
-    def __enter__(self) -> _LocalWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self._done:
-            self.abort()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_done", True):
-            self.abort()
-
-
-class _VerifyingReader(io.RawIOBase):
-    """A raw reader over a blob file that hashes everything read and checks it at EOF."""
-
-    def __init__(self, f: io.FileIO, digest: Digest) -> None:
-        self._f = f
-        self._digest = digest
-        self._hash = hasher()
-        self._checked = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        n = self._f.readinto(buf)
-        if n:
-            self._hash.update(memoryview(buf)[:n])
-        elif not self._checked and len(buf):
-            self._checked = True
-            actual = Digest(self._hash.digest())
-            if actual != self._digest:
-                raise StoreError(
-                    f"blob {self._digest.hex} is corrupt: its contents hash to {actual.hex}",
-                    reason="corrupt",
-                )
-        return n or 0
-
-    def close(self) -> None:
-        self._f.close()
-        super().close()
-
-
-def _present(path: str, size: int | None, digest: Digest) -> bool:
-    """Whether an object file at ``path`` can stand for ``digest`` (see ``has_blob``)."""
-    try:
-        actual = os.stat(path).st_size
-    except FileNotFoundError:
-        return False
-    if size is not None:
-        return actual == size
-    return actual > 0 or digest == EMPTY
-
-
-def _size(path: str) -> int:
-    """Size of the file at ``path``, -1 if there is none."""
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return -1
-
-
-_ROOT_FD: list[int] = []
-
-
-def _link(src: str, target: str) -> None:
-    """``linkat(src, target, AT_SYMLINK_FOLLOW)`` for an absolute ``src``.
-
-    CPython only calls linkat (plain link would link the /proc magic link itself: EXDEV) when
-    given a directory fd; the kernel ignores it for an absolute path, so one of ``/`` serves.
-    """
-    if not _ROOT_FD:  # a racing thread at worst opens a second one
-        _ROOT_FD.append(os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
-    os.link(src, target, src_dir_fd=_ROOT_FD[0])
-
-
-def _copy_fd(src: int, dst: int) -> None:
-    """Copy all of ``src`` to ``dst`` inside the kernel."""
-    offset = 0
-    while n := os.sendfile(dst, src, offset, 1 << 30):
-        offset += n
-
-
-def _iter_objects(base: str) -> Iterator[Digest]:
-    for sub in sorted(os.listdir(base)):
-        if len(sub) != 2 or not set(sub) <= _HEX:
-            continue
-        for name in os.listdir(os.path.join(base, sub)):
-            if len(name) == 64 and name.startswith(sub) and set(name) <= _HEX:
-                yield Digest.from_hex(name)
-
-
-def _unlink_quiet(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)

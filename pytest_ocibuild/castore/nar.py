@@ -10,9 +10,9 @@ import base64
 import hashlib
 from collections.abc import Iterator
 
-from pytest_ocibuild.castore.ingest import get_directory
 from pytest_ocibuild.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from pytest_ocibuild.castore.store import Store
+from pytest_ocibuild.castore.trees import get_directory
 from pytest_ocibuild.errors import NotFound, StoreError
 
 CHUNK = 1 << 20

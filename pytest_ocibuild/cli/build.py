@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pytest_ocibuild.cli.common import add_store, executor_args, store_dir
+from pytest_ocibuild.cli.common import add_store, executor_args, live_args, store_dir
 from pytest_ocibuild.errors import BuildFailed, InvalidRequest, OcibuildError, StoreError
 from pytest_ocibuild.nix.command import kept_root, report_kept
 
@@ -32,6 +32,7 @@ def add_build_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     b.add_argument("--export", type=Path, metavar="DIR",
                    help="write the outputs as files under DIR (which must not hold them yet)")
     executor_args(b)
+    live_args(b)
     b.set_defaults(handler=cmd_build)
     s = sub.add_parser("spec", help="print the OCI config.json a request would run with")
     s.add_argument("request", type=Path, help="request file (.yaml or .json)")
@@ -52,13 +53,17 @@ def add_build_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Build, export, print the outputs (and the key, the kept bundle)."""
+    from pytest_ocibuild.build.events import Live
     from pytest_ocibuild.build.executor import open_executor
     from pytest_ocibuild.build.limits import Limits
     from pytest_ocibuild.build.request import node_to_dict
     from pytest_ocibuild.build.request_io import load_request
     from pytest_ocibuild.build.results import result_key
-    from pytest_ocibuild.castore.ingest import export, ingest_path
+    from pytest_ocibuild.castore.ingest import ingest_path
+    from pytest_ocibuild.castore.trees import export
 
+    if args.events and args.json:
+        raise BadUsage("--events and --json both write stdout: choose one")
     executor = open_executor(store=store_dir(args), runtime=args.runtime, inputs=args.inputs,
                              keep_bundles=args.keep_bundle, timeout=args.timeout,
                              cache=not args.no_cache, limits=Limits.from_options(args))
@@ -67,7 +72,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         _check_export(args.export, request.outputs)
     key = args.build_key = result_key(request)
     try:
-        build = executor.build(request)
+        build = executor.build(request, listener=Live(
+            events=sys.stdout if args.events else None,
+            logs=sys.stderr.buffer if _show_logs(args) else None).listener())
     finally:
         if args.keep_bundle:
             args.kept_bundles = [str(p) for p in report_kept(executor, request.digest.hex)]
@@ -76,6 +83,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             dest = args.export / path
             dest.parent.mkdir(parents=True, exist_ok=True)
             export(executor.store, node, dest)
+    if args.events:  # stdout holds the events only
+        return 0
     if args.json:
         d = build.to_dict()
         d.pop("request", None)  # the request digest is not the key `log` takes
@@ -92,6 +101,13 @@ def cmd_build(args: argparse.Namespace) -> int:
            else f"built in {build.duration:.2f}s")
     print(f"{how}; key {key[:16]} (ocibuild log {key[:16]})", file=sys.stderr)
     return 0
+
+
+def _show_logs(args: argparse.Namespace) -> bool:
+    """``-L``, or by default when stderr is a terminal (and stdout is not JSON)."""
+    if args.print_build_logs is not None:
+        return bool(args.print_build_logs)
+    return sys.stderr.isatty() and not args.json and not args.events
 
 
 def _check_export(where: Path, outputs: tuple[str, ...]) -> None:

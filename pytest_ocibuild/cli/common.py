@@ -71,8 +71,9 @@ def executor_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, *,
                   nix: bool = False) -> None:
     """The options of every command that builds (``nix``: nix-build's ``--timeout``)."""
     add_store(p)
-    p.add_argument("--runtime", default="runc", metavar="BINARY",
-                   help="OCI runtime binary, a name on PATH or a path (default: runc)")
+    p.add_argument("--runtime", default="runc", type=runtime_name, metavar="NAME",
+                   help="sandbox runtime: runc, crun, runsc (gVisor), bwrap (bubblewrap), or "
+                   "the path of a runc-compatible binary (default: runc)")
     p.add_argument("--inputs", default="materialize", choices=["materialize", "fuse"],
                    help="how inputs are served: hardlinks under a read-only bind mount, or "
                    "FUSE (default: materialize)")
@@ -90,6 +91,15 @@ def executor_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, *,
                    help="build even if a result is recorded (the new result is recorded)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object on stdout, on failure too")
+
+
+def live_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``-L``/``--print-build-logs`` and ``--events`` (build.events.Live)."""
+    p.add_argument("-L", "--print-build-logs", action=argparse.BooleanOptionalAction,
+                   default=None, help="show the build's log on stderr as it runs (default: "
+                   "when stderr is a terminal)")
+    p.add_argument("--events", action="store_true",
+                   help="write the build's events as JSON lines on stdout (docs/events.md)")
 
 
 def limit_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, *,
@@ -136,3 +146,13 @@ def store_dir(args: argparse.Namespace) -> Path:
     from pytest_ocibuild.build.store_dir import usable_store_dir
 
     return usable_store_dir(args.store or default_store_dir())
+
+
+def runtime_name(text: str) -> str:
+    """A ``--runtime`` value: a backend's name or a path (build.runtime.open_runtime)."""
+    from pytest_ocibuild.build.runtime import RUNTIMES
+
+    if text in RUNTIMES or "/" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"unknown runtime {text!r} (choose {', '.join(RUNTIMES)}, "
+                                     "or the path of a runc-compatible binary)")

@@ -127,14 +127,18 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_store_purge(args: argparse.Namespace) -> int:
-    from pytest_ocibuild.build.lifecycle import purge
+    from pytest_ocibuild.build.lifecycle import purge, purge_cgroups, purge_containers
     from pytest_ocibuild.build.locations import bundle_root
-    from pytest_ocibuild.build.runtime import open_runtime
+    from pytest_ocibuild.build.runtime import purgeable_runtimes
 
     if args.bundles is not None and not args.bundles.is_dir():
         raise BadUsage(f"--bundles {args.bundles}: not a directory")
-    report = purge(store_root=store_dir(args), bundle_root=args.bundles or bundle_root(),
-                   runtime=open_runtime()).to_dict()
+    runtimes = purgeable_runtimes()  # the containers first, then their mounts and bundles
+    containers = [cid for runtime in runtimes for cid in purge_containers(runtime)]
+    report = purge(store_root=store_dir(args), bundle_root=args.bundles or bundle_root()
+                   ).to_dict()
+    report["containers"] = containers
+    report["cgroups"] = purge_cgroups()
     if args.kept:
         report["kept"] = remove_kept()
     if args.json:

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from pytest_ocibuild.castore.ingest import walk
 from pytest_ocibuild.castore.nodes import DirectoryNode, FileNode, Node
 from pytest_ocibuild.castore.store import Store
+from pytest_ocibuild.castore.trees import walk
 from pytest_ocibuild.errors import NotFound
 
 MTIME = 1

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_ocibuild.build.limits import Limits
-from pytest_ocibuild.castore.ingest import walk
 from pytest_ocibuild.castore.nodes import FileNode, Node
 from pytest_ocibuild.castore.store import Store
+from pytest_ocibuild.castore.trees import walk
 from pytest_ocibuild.errors import NixError
 from pytest_ocibuild.image.layering import Item, package_name
 

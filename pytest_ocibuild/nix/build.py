@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ocibuild.build.bundle import scratch_name
+from pytest_ocibuild.build.events import Listener
 from pytest_ocibuild.build.executor import Executor, log_tail
 from pytest_ocibuild.errors import BuildFailed, NixError, StoreError
 from pytest_ocibuild.nix import nixbase32
@@ -39,6 +40,7 @@ from pytest_ocibuild.nix.to_request import (
 )
 
 Outputs = dict[str, PathInfo]
+Listen = Callable[[str, int], Listener | None]  # NixBuilder's listen(drv_path, builds run)
 _EXEC_FAILED = re.compile(r'unable to start container process: exec: "([^"]*)": (?:stat [^:]*: )?'
                           r"(.*)$", re.M)
 
@@ -99,7 +101,9 @@ class NixBuilder:
     def __init__(self, executor: Executor, state: Path, *, settings: NixSettings,
                  progress: Callable[[str], None] | None = None,
                  store_root: str | Path = "/", keep_going: bool = False,
-                 keep_failed: bool = False) -> None:
+                 keep_failed: bool = False, listen: Listen | None = None) -> None:
+        """``listen(drv_path, n)``: the listener (build.events) of a derivation's build, one
+        of ``n`` this ``build`` runs (None: not watched)."""
         from pytest_ocibuild.build.results import SANDBOX_VERSION
         from pytest_ocibuild.nix.results import DrvResults
 
@@ -114,6 +118,8 @@ class NixBuilder:
         self.store_root = store_root
         self.keep_going = keep_going  # -k: build what does not depend on a failure
         self.keep_failed = keep_failed  # -K: the executor keeps bundles; we drop good ones
+        self.listen = listen
+        self._todo = 1  # derivations the current ``build`` runs
         self._lock = threading.Lock()
         self._path_locks: dict[str, threading.Lock] = {}
 
@@ -134,7 +140,7 @@ class NixBuilder:
         todo = [p for p in graph.order if p not in built]
         waiting = {p: {d for d in graph.drvs[p].input_drvs if d not in built} for p in todo}
         dependents = graph.dependents()
-        left = len(todo)
+        left = self._todo = len(todo)
         with ThreadPoolExecutor(max_workers=max(1, self.executor.max_parallel),
                                 thread_name_prefix="nix-build") as pool:
             running: dict[Future[Outputs], str] = {}
@@ -288,7 +294,8 @@ class NixBuilder:
             drv, drv_path, inputs, settings=self.settings, scratch=scratch,
             drv_outputs={d: [i.path for i in outs.values()] for d, outs in built.items()})
         try:
-            build = self.executor.build(request, cache=cache)
+            build = self.executor.build(request, cache=cache, listener=None if self.listen is
+                                        None else self.listen(drv_path, self._todo))
         except BuildFailed as e:
             failure = _nix_failure(e, drv_path, scratch)
             if self.keep_failed:

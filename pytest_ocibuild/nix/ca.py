@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 
-from pytest_ocibuild.castore.ingest import get_directory
 from pytest_ocibuild.castore.nar import nar_chunks
 from pytest_ocibuild.castore.nodes import Directory, DirectoryNode, FileNode, Node, SymlinkNode
 from pytest_ocibuild.castore.store import Store
+from pytest_ocibuild.castore.trees import get_directory
 from pytest_ocibuild.errors import NotFound
 from pytest_ocibuild.nix.hashes import Hash
 

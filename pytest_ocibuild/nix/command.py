@@ -47,6 +47,9 @@ def add_nix_build(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     common.add_argument("--quiet", action="store_true", help="no progress lines")
     common.add_argument("-Q", "--no-build-output", action="store_true",
                         help="no progress lines (a failure still shows its log tail)")
+    common.add_argument("-L", "--print-build-logs", action=argparse.BooleanOptionalAction,
+                        default=None, help="show the builds' logs on stderr as they run, "
+                        "each line after 'NAME> ' (default: for a single build on a terminal)")
     common.add_argument("-j", "--max-jobs", "--jobs", dest="jobs", metavar="N",
                         help="derivations built at once, or 'auto' (default: twice the CPUs, "
                         "since a small build spends much of its time waiting on runc)")
@@ -77,6 +80,8 @@ def add_nix_build(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
                         metavar="FEATURES", help="added to experimental-features (repeatable)")
     mine = p.add_argument_group("ocibuild options")
     mine.add_argument("--export", type=Path, help="materialise the outputs under this directory")
+    mine.add_argument("--events", action="store_true", help="write the builds' events as "
+                      "JSON lines on stdout, each with its derivation's name (docs/events.md)")
     executor_args(mine)  # type: ignore[arg-type]
     _refuse_unknown(p)
     p.set_defaults(handler=cmd_nix_build)
@@ -277,11 +282,14 @@ def _build(args: argparse.Namespace, opts: NixOptions, executor: Any, settings: 
            state: Path, store_root: Path | str, drv_path: str) -> int:
     from pytest_ocibuild.nix.build import NixBuilder, print_progress, result_json
 
+    if args.events and args.json:
+        raise NixError("--events and --json both write stdout: choose one")
     quiet = args.quiet or args.no_build_output or not sys.stderr.isatty()
     builder = NixBuilder(executor, state, settings=settings,
                          progress=None if quiet else print_progress,
                          store_root=store_root, keep_going=opts.keep_going,
-                         keep_failed=opts.keep_failed and not args.keep_bundle)
+                         keep_failed=opts.keep_failed and not args.keep_bundle,
+                         listen=_listen(args))
     if args.dry_run:
         print_progress(builder.dry_run(drv_path))
         return 0
@@ -299,7 +307,7 @@ def _build(args: argparse.Namespace, opts: NixOptions, executor: Any, settings: 
             report_kept(executor)
     join_purge()
     if args.export or args.out_link:
-        from pytest_ocibuild.castore.ingest import export
+        from pytest_ocibuild.castore.trees import export
 
         where = args.export or state / "exported"
         where.mkdir(parents=True, exist_ok=True)
@@ -310,12 +318,36 @@ def _build(args: argparse.Namespace, opts: NixOptions, executor: Any, settings: 
             if args.out_link and not args.no_out_link:
                 link = args.out_link if name == "out" else f"{args.out_link}-{name}"
                 _replace_symlink(os.path.abspath(dest), link)
+    if args.events:  # stdout holds the events only
+        return 0
     if args.json:
         print(json.dumps(result_json(drv_path, outputs)))
     else:
         for _, info in sorted(outputs.items()):
             print(info.path)
     return 0
+
+
+def _listen(args: argparse.Namespace) -> Callable[[str, int], Any] | None:
+    """NixBuilder's ``listen``: events on stdout (``--events``), logs on stderr (``-L``, by
+    default for a single build on a terminal without ``-Q``), each labelled with the
+    derivation's name."""
+    from pytest_ocibuild.build.events import Live
+
+    show = args.print_build_logs
+    if show is None and (args.no_build_output or args.quiet or args.json or args.events
+                         or not sys.stderr.isatty()):
+        show = False
+    if not args.events and show is False:
+        return None
+    logs, quiet = Live(events=sys.stdout if args.events else None, logs=sys.stderr.buffer,
+                       prefix=True), Live(events=sys.stdout if args.events else None)
+
+    def listen(drv_path: str, builds: int) -> Any:
+        name = os.path.basename(drv_path)[33:].removesuffix(".drv")
+        return (logs if show or (show is None and builds == 1) else quiet).listener(name)
+
+    return listen
 
 
 def _replace_symlink(target: str, link: str) -> None:

@@ -97,6 +97,7 @@ class Case:
     request: Mapping[str, Any]  # request-file fields, except inputs (see request_io)
     timeout: float | None = None
     provider: str | None = None  # input provider; None: the session's
+    runtime: str | None = None  # sandbox runtime (build.runtime); None: the session's
     expect: Expectation = field(default_factory=Expectation)
 
 
@@ -179,7 +180,7 @@ def _case(name: str, body: Mapping[str, Any], path: Path, lines: Lines,
         name=name, path=path, line=lines.line((name,)),
         description=body.get("description", ""), marks=tuple(body.get("marks", ())),
         inputs=inputs, request=request, timeout=body.get("timeout"),
-        provider=body.get("provider"),
+        provider=body.get("provider"), runtime=body.get("runtime"),
         expect=_expectation(body.get("expect", {}), tuple(request.get("outputs", ()))),
     )
 

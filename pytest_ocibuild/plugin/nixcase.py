@@ -26,14 +26,9 @@ from pytest_ocibuild.errors import OcibuildError
 from pytest_ocibuild.plugin.case import Entry, Failure, _Problem, _regexes, _tree
 from pytest_ocibuild.plugin.check import Problem
 from pytest_ocibuild.plugin.collect import CaseFailure, CaseItem, InvalidCaseItem
-from pytest_ocibuild.plugin.nixbuild import (
-    NixBuildResult,
-    NixSession,
-    NixTarget,
-    compare_all,
-    get_nix_session,
-)
+from pytest_ocibuild.plugin.nixbuild import NixSession, compare_all, get_nix_session
 from pytest_ocibuild.plugin.nixdiff import nix_unusable, skip_if_nix_unusable, store_name
+from pytest_ocibuild.plugin.nixresult import NixBuildResult, NixTarget
 from pytest_ocibuild.plugin.schema import _STRINGS, _TREE, CASE_SCHEMA, Lines, schema_errors
 
 _ARGS = {"type": "object", "additionalProperties": {"type": "string"}}

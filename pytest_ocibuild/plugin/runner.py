@@ -184,14 +184,16 @@ class Runner:
             for key in STAT_FIELDS:
                 self._remote_stats[key] += float(stats.get(key, 0))
 
-    def executor(self, provider: str | None = None) -> Executor:
-        """The executor YAML cases run on (one per process and input provider)."""
+    def executor(self, provider: str | None = None, runtime: str | None = None) -> Executor:
+        """The executor YAML cases run on (one per process, input provider and runtime)."""
         provider = provider or self.settings.inputs
+        runtime = runtime or self.settings.runtime
+        key = provider if runtime == self.settings.runtime else f"{provider}-{runtime}"
         with self._lock:
-            if provider not in self._executors:
-                self._executors[provider] = self.new_executor(
-                    self.bundle_dir / f"bundles-{provider}", inputs=provider)
-            return self._executors[provider]
+            if key not in self._executors:
+                self._executors[key] = self.new_executor(
+                    self.bundle_dir / f"bundles-{key}", inputs=provider, runtime=runtime)
+            return self._executors[key]
 
     def golden_spec(self, request: BuildRequest) -> dict[str, Any]:
         """The config.json a case build uses, with canonical ids (no host uids) and limits
@@ -274,7 +276,7 @@ class Runner:
             log = self.log_path(case)
             with self.heartbeat.watch(f"{case.path.name}::{case.name}", log):
                 failure = case.expect.failure
-                result: Build | OcibuildError = self.executor(case.provider).build(
+                result: Build | OcibuildError = self.executor(case.provider, case.runtime).build(
                     request, timeout=case.timeout, log=log,
                     expect_timeout=failure is not None and failure.reason == "timeout")
         except OcibuildError as e:

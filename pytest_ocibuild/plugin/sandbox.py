@@ -17,9 +17,10 @@ from pytest_ocibuild.build.executor import Executor
 from pytest_ocibuild.build.logs import read_stream
 from pytest_ocibuild.build.request import Build, BuildRequest, node_to_dict
 from pytest_ocibuild.build.request_io import request_from_dict
-from pytest_ocibuild.castore.ingest import get_directory, ingest_path
+from pytest_ocibuild.castore.ingest import ingest_path
 from pytest_ocibuild.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from pytest_ocibuild.castore.store import Store, read_blob
+from pytest_ocibuild.castore.trees import get_directory
 from pytest_ocibuild.plugin.case import ROOT, Entry, parse_tree
 from pytest_ocibuild.plugin.trees import actual_tree, put_tree, to_notation
 

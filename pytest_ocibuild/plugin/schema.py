@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from pytest_ocibuild.build.runtime import RUNTIMES
 from pytest_ocibuild.build.yaml_load import LIMITS, Limits, YamlLoadError, compose, construct
 from pytest_ocibuild.errors import BUILD_FAILURE_REASONS
 from pytest_ocibuild.plugin.quickcheck import surely_valid
@@ -186,6 +187,7 @@ CASE_SCHEMA: dict[str, Any] = {
         },
         "timeout": {"type": "number", "exclusiveMinimum": 0},
         "provider": {"enum": ["materialize", "fuse"]},
+        "runtime": {"enum": list(RUNTIMES)},
         "expect": _EXPECT,
         "image": IMAGE_SCHEMA,
     },

@@ -30,7 +30,8 @@ class Option:
 OPTIONS = (
     Option("store", "store", "castore and result cache directory, shared by runs and xdist "
            "workers (default: $OCIBUILD_STORE, else ~/.cache/ocibuild/store)", ""),
-    Option("runtime", "runtime", "OCI runtime binary, a name on PATH or a path", "runc"),
+    Option("runtime", "runtime", "sandbox runtime: runc, crun, runsc, bwrap, or the path of a "
+           "runc-compatible binary", "runc"),
     Option("timeout", "timeout", "default per-build timeout in seconds, > 0 (empty or "
            "'none': no timeout)", "none"),
     Option("keep_bundles", "keep-bundles", "keep OCI bundles after builds, for debugging (the "
@@ -157,6 +158,7 @@ def read_settings(config: pytest.Config) -> Settings:
             f"ocibuild_inputs: {raw['inputs']!r} is not an input provider "
             f"(choose {' or '.join(PROVIDERS)})"
         )
+    _runtime(raw["runtime"] or "runc")
     store = raw["store"].removeprefix("local://")
     if store and not Path(store).is_absolute():
         store = str(config.rootpath / store)
@@ -174,3 +176,13 @@ def read_settings(config: pytest.Config) -> Settings:
 
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
+
+
+def _runtime(name: str) -> None:
+    """UsageError unless ``name`` is a runtime (build.runtime.open_runtime accepts it)."""
+    from pytest_ocibuild.build.runtime import RUNTIMES
+
+    if name not in (*RUNTIMES, "fake") and "/" not in name:
+        raise pytest.UsageError(f"ocibuild_runtime: unknown runtime {name!r} (choose "
+                                f"{', '.join(RUNTIMES)}, or the path of a runc-compatible "
+                                "binary)")

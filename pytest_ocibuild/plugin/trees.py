@@ -14,9 +14,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pytest_ocibuild.castore.digest import Digest
-from pytest_ocibuild.castore.ingest import walk
 from pytest_ocibuild.castore.nodes import Directory, DirectoryNode, FileNode, Node, SymlinkNode
 from pytest_ocibuild.castore.store import Store, put_blob, read_blob
+from pytest_ocibuild.castore.trees import walk
 from pytest_ocibuild.plugin.case import ROOT, Entry
 
 SHOW_CONTENTS = 4096  # files up to this size have their contents shown in diffs

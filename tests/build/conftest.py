@@ -15,8 +15,8 @@ import pytest
 from pytest_ocibuild.build.bundle import BundleLayout, make_bundle
 from pytest_ocibuild.build.ids import IdMaps
 from pytest_ocibuild.build.request import BuildRequest
-from pytest_ocibuild.build.runc import RuncRuntime
 from pytest_ocibuild.build.runtime import ExitStatus
+from pytest_ocibuild.build.runtime.runc import RuncRuntime
 from pytest_ocibuild.build.schema import validate_spec
 from pytest_ocibuild.build.spec import host_network_files, make_spec
 

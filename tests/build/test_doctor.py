@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -68,7 +69,7 @@ def test_disk_below_minimum_fails_with_a_fix(tmp_path: Path) -> None:
 def test_report_on_this_machine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = doctor.run(tmp_path / "store")
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == len(doctor.CHECKS)
+    assert len(lines) == len(doctor.CHECKS) + 1  # and "<runtime> builds"
     by_name = {line.split(": ", 1)[0].split(None, 1)[1]: line for line in lines}
     runc = shutil.which("runc")
     if runc is None:
@@ -107,7 +108,7 @@ def test_cli_doctor_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     code = main(["doctor", "--json", "--store", str(tmp_path)])
     report = json.loads(capsys.readouterr().out)
     assert code == (0 if report["ok"] else 1)
-    assert len(report["checks"]) == len(doctor.CHECKS)
+    assert len(report["checks"]) == len(doctor.CHECKS) + 1
 
 
 @contextlib.contextmanager
@@ -182,3 +183,14 @@ def test_user_without_subuid_gets_one_failing_line(readable_copy: Path) -> None:
         sub = [ln for ln in again.stdout.splitlines() if "subuid/subgid" in ln]
         assert sub and sub[0].startswith("ok    subuid/subgid: uids "), again.stdout
         assert again.returncode == 0, again.stdout
+
+
+def test_runtime_option_makes_that_backend_required() -> None:
+    """``--runtime bwrap``: bwrap's lines are required (FAIL, not warn) and its own check runs."""
+    from pytest_ocibuild.build.doctor import run_checks
+
+    required = {c.name: r for c, r in run_checks(runtime="bwrap") if c.name in ("runc", "bwrap")}
+    assert required == {"runc": False, "bwrap": True}
+    res = subprocess.run([sys.executable, "-m", "pytest_ocibuild", "doctor", "--runtime", "bwrap"],
+                         capture_output=True, text=True, timeout=120)
+    assert "bwrap builds: " in res.stdout, res.stdout

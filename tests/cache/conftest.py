@@ -15,8 +15,8 @@ from pytest_ocibuild.build.executor import Executor
 from pytest_ocibuild.build.inputs import open_input_provider
 from pytest_ocibuild.build.request import BuildRequest
 from pytest_ocibuild.build.results import ResultStore
-from pytest_ocibuild.build.runc import RuncRuntime
 from pytest_ocibuild.build.runtime import ExitStatus
+from pytest_ocibuild.build.runtime.runc import RuncRuntime
 from pytest_ocibuild.castore.ingest import ingest_path
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Node

@@ -21,7 +21,7 @@ from pytest_ocibuild.build.lifecycle import mounts_under, purge
 from pytest_ocibuild.build.request import BuildRequest, EnvVar
 from pytest_ocibuild.build.request_io import dump_request
 from pytest_ocibuild.build.results import ResultStore, result_key
-from pytest_ocibuild.build.runc import RuncRuntime
+from pytest_ocibuild.build.runtime.runc import RuncRuntime
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Node
 from tests.cache.conftest import REPO, child_cmd, sh

@@ -13,11 +13,12 @@ import blake3
 import pytest
 
 from pytest_ocibuild.castore.digest import Digest
-from pytest_ocibuild.castore.ingest import INLINE, export, ingest_path, tree_dict, walk
+from pytest_ocibuild.castore.ingest import INLINE, ingest_path
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.memory import MemoryStore
 from pytest_ocibuild.castore.nodes import Directory, DirectoryNode, FileNode, SymlinkNode
 from pytest_ocibuild.castore.store import Store, put_blob, read_blob
+from pytest_ocibuild.castore.trees import export, tree_dict, walk
 from pytest_ocibuild.errors import NotFound, StoreError
 
 from .conftest import make_tree

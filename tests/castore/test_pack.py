@@ -12,7 +12,7 @@ import pytest
 
 from pytest_ocibuild.build.gc import gc, verify
 from pytest_ocibuild.castore.digest import Digest
-from pytest_ocibuild.castore.ingest import ingest_path, tree_dict, walk
+from pytest_ocibuild.castore.ingest import ingest_path
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import DirectoryNode, FileNode
 from pytest_ocibuild.castore.pack import (
@@ -24,6 +24,7 @@ from pytest_ocibuild.castore.pack import (
     encode_index,
 )
 from pytest_ocibuild.castore.store import read_blob
+from pytest_ocibuild.castore.trees import tree_dict, walk
 from pytest_ocibuild.errors import StoreError
 from tests.castore.conftest import make_tree
 

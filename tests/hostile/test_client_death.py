@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from pytest_ocibuild.build.lifecycle import mounts_under
-from pytest_ocibuild.build.runc import RuncRuntime
+from pytest_ocibuild.build.runtime.runc import RuncRuntime
 
 REPO = Path(__file__).resolve().parents[2]
 CLEANUP_LIMIT = 5.0  # seconds from the kill to nothing left

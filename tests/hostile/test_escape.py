@@ -13,8 +13,8 @@ import pytest
 
 from pytest_ocibuild.build.executor import Executor
 from pytest_ocibuild.build.request import BuildRequest
-from pytest_ocibuild.castore.ingest import tree_dict
 from pytest_ocibuild.castore.nodes import DirectoryNode, Node, SymlinkNode
+from pytest_ocibuild.castore.trees import tree_dict
 from pytest_ocibuild.errors import BuildFailed
 
 pytestmark = pytest.mark.runc

@@ -22,7 +22,7 @@ from pytest_ocibuild.build.executor import Executor
 from pytest_ocibuild.build.ids import ID_START, SUBUID_PATH, is_build_id, subordinate_range
 from pytest_ocibuild.build.inputs import open_input_provider
 from pytest_ocibuild.build.request import BuildRequest
-from pytest_ocibuild.build.runc import RuncRuntime
+from pytest_ocibuild.build.runtime.runc import RuncRuntime
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Node
 

@@ -18,7 +18,7 @@ from pytest_ocibuild.build.inputs import open_input_provider
 from pytest_ocibuild.build.limits import DEFAULT_MEMORY, DEFAULT_PIDS, Limits, parse_size
 from pytest_ocibuild.build.request import BuildRequest, Constraints
 from pytest_ocibuild.build.request_io import request_from_dict
-from pytest_ocibuild.build.runc import RuncRuntime
+from pytest_ocibuild.build.runtime.runc import RuncRuntime
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Node
 from pytest_ocibuild.errors import BuildFailed, InvalidRequest

@@ -20,7 +20,7 @@ from pytest_ocibuild.build.caches import CacheStore
 from pytest_ocibuild.build.executor import Executor
 from pytest_ocibuild.build.inputs import open_input_provider
 from pytest_ocibuild.build.request import BuildRequest, CacheMount
-from pytest_ocibuild.build.runc import RuncRuntime
+from pytest_ocibuild.build.runtime.runc import RuncRuntime
 from pytest_ocibuild.build.seccomp import (
     MODE_ARG,
     NOT_IMPLEMENTED,
@@ -30,10 +30,11 @@ from pytest_ocibuild.build.seccomp import (
     XATTR_WRITES,
     seccomp_profile,
 )
-from pytest_ocibuild.castore.ingest import ingest_path, tree_dict
+from pytest_ocibuild.castore.ingest import ingest_path
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Node
 from pytest_ocibuild.castore.store import read_blob
+from pytest_ocibuild.castore.trees import tree_dict
 from pytest_ocibuild.errors import BuildFailed
 
 BITS_C = r"""

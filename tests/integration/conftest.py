@@ -10,7 +10,7 @@ import pytest
 
 from pytest_ocibuild.build.executor import Executor
 from pytest_ocibuild.build.inputs import open_input_provider
-from pytest_ocibuild.build.runc import RuncRuntime
+from pytest_ocibuild.build.runtime.runc import RuncRuntime
 from pytest_ocibuild.castore.ingest import ingest_path
 from pytest_ocibuild.castore.local import LocalStore
 from pytest_ocibuild.castore.nodes import Node

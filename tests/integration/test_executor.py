@@ -12,9 +12,9 @@ import pytest
 
 from pytest_ocibuild.build.executor import Executor
 from pytest_ocibuild.build.request import BuildRequest, Constraints, EnvVar
-from pytest_ocibuild.castore.ingest import tree_dict
 from pytest_ocibuild.castore.nodes import DirectoryNode, FileNode, Node, SymlinkNode
 from pytest_ocibuild.castore.store import put_blob, read_blob
+from pytest_ocibuild.castore.trees import tree_dict
 from pytest_ocibuild.errors import BuildFailed, StoreError
 
 pytestmark = pytest.mark.runc

@@ -10,9 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_ocibuild.castore.digest import Digest
-from pytest_ocibuild.castore.ingest import ingest_path, tree_dict
+from pytest_ocibuild.castore.ingest import ingest_path
 from pytest_ocibuild.castore.memory import MemoryStore
 from pytest_ocibuild.castore.nodes import SymlinkNode
+from pytest_ocibuild.castore.trees import tree_dict
 from pytest_ocibuild.errors import BuildFailed
 from pytest_ocibuild.nix.attrs import attrs_sh, registration_text
 from pytest_ocibuild.nix.ca import RewritingSink, modulo_hash, name_needles, rewrite_node
