@@ -261,8 +261,6 @@ def _sh(busybox: Node, script: str, **kw: object) -> BuildRequest:
                         **kw)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(not AS_ROOT, strict=True, reason="the CLI's executor does not give bwrap "
-                   "caller_id_maps() as a normal user yet (bwrap refuses a subordinate uid)")
 def test_hello_has_runcs_digest() -> None:
     _require()
     digests = []

@@ -9,6 +9,7 @@ would) and how it ends.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pytest_ocibuild.build.ids import IdMaps
 from pytest_ocibuild.build.logs import runs_path
 from pytest_ocibuild.build.runtime.base import ExitStatus, OnOutput
 
@@ -46,6 +48,13 @@ class FakeRuntime:
 
     def unavailable_reason(self) -> str | None:
         return None
+
+    def id_maps(self) -> IdMaps | None:
+        """As a normal user, the caller's own ids: this process writes the "build's" files
+        (ChoosesIds); as root, the executor's."""
+        from pytest_ocibuild.build.runtime.bwrap import caller_id_maps
+
+        return caller_id_maps() if os.geteuid() != 0 else None
 
     def run(
         self, bundle: Path, container_id: str, *, log: Path, timeout: float | None,
