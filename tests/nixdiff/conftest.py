@@ -149,8 +149,12 @@ def store_changes(before: set[str], after: set[str], prefixes: set[str]) -> list
     """Store entries added or removed around one of our builds. Changes by Nix processes
     outside this harness are ignored as far as possible (:func:`store_lock` orders those inside
     it): only names starting with one of ``prefixes`` (the corpus's derivation and source
-    names) count, and anything not named like a store path."""
+    names) count, and anything not named like a store path, but not a Nix build's transient
+    ``<drv>.chroot``/``.lock`` (a nix-build of another test, e.g. a docs example, makes and
+    removes them; ours never writes /nix/store at all)."""
     def ours(entry: str) -> bool:
+        if entry.endswith((".drv.chroot", ".lock")):
+            return False
         return not STORE_ENTRY.match(entry) or entry[33:].startswith(tuple(prefixes))
 
     added = sorted(e for e in after - before if ours(e))
