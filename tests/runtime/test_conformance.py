@@ -200,6 +200,10 @@ def runc_corpus(corpus_cases: list[str], bbdir: Path,
 
 
 @pytest.mark.nix
+@pytest.mark.xfail(os.geteuid() != 0, strict=True, reason="as a normal user the backends' id "
+                   "mappings differ from rootless runc's in sandbox.proc, and runsc's "
+                   "fixed-output builds need the host network it cannot share: the per-case "
+                   "limits above are the root ones")
 @pytest.mark.parametrize("runtime", [p for p in backend_params() if p.id != "runc"])
 def test_nix_corpus(runtime: str, corpus_cases: list[str], bbdir: Path,
                     runc_corpus: dict[str, Path], tmp_path: Path) -> None:
