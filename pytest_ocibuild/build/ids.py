@@ -230,3 +230,11 @@ def subordinate_range(path: Path, names: set[str]) -> tuple[int, int] | None:
         if line.strip().split(":")[0] in names and (r := _range_of(line)) is not None:
             return r
     return None
+
+def caller_id_maps() -> IdMaps:
+    """The id maps a normal user's bwrap builds need (``Executor(id_maps=...)``): container
+    root and the build user both the caller (bwrap maps the caller to the build user; the
+    maps only say who owns the bundle's files, they are never written to the kernel)."""
+    uid, gid = os.geteuid(), os.getegid()
+    return IdMaps(uid_mappings=((0, uid, 1), (BUILD_UID, uid, 1)),
+                  gid_mappings=((0, gid, 1), (BUILD_GID, gid, 1)))

@@ -42,7 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pytest_ocibuild.build.ids import BUILD_GID, BUILD_UID, IdMaps
+from pytest_ocibuild.build.ids import IdMaps, caller_id_maps
 from pytest_ocibuild.build.reaper_client import Job, ReaperGone
 from pytest_ocibuild.build.runtime.base import ExitStatus, OnOutput
 from pytest_ocibuild.build.runtime.bwrap_alias import ALIAS, ALIAS_SH, aliased, ensure_alias_dir
@@ -312,13 +312,6 @@ def _with_home(config: dict[str, Any], bundle: Path) -> dict[str, Any]:
     return {**config, "process": {**process, "env": [*env, f"HOME={home}"]}}
 
 
-def caller_id_maps() -> IdMaps:
-    """The id maps a normal user's bwrap builds need (``Executor(id_maps=...)``): container
-    root and the build user both the caller (bwrap maps the caller to the build user; the
-    maps only say who owns the bundle's files, they are never written to the kernel)."""
-    uid, gid = os.geteuid(), os.getegid()
-    return IdMaps(uid_mappings=((0, uid, 1), (BUILD_UID, uid, 1)),
-                  gid_mappings=((0, gid, 1), (BUILD_GID, gid, 1)))
 
 
 def _check_rootless(config: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pytest_ocibuild.build.ids import IdMaps
+from pytest_ocibuild.build.ids import IdMaps, caller_id_maps
 from pytest_ocibuild.build.logs import runs_path
 from pytest_ocibuild.build.runtime.base import ExitStatus, OnOutput
 
@@ -52,8 +52,6 @@ class FakeRuntime:
     def id_maps(self) -> IdMaps | None:
         """As a normal user, the caller's own ids: this process writes the "build's" files
         (ChoosesIds); as root, the executor's."""
-        from pytest_ocibuild.build.runtime.bwrap import caller_id_maps
-
         return caller_id_maps() if os.geteuid() != 0 else None
 
     def run(
