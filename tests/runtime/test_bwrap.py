@@ -160,11 +160,7 @@ def test_bwraps_own_failures_are_exceptions(tmp_path: Path, line: str, error: ty
 
 # bwrap maps only the build user (1000) into its user namespace: setuid(0) names an unmapped
 # id (EINVAL) where runc, which maps container root, answers EPERM. Refused either way.
-# As a normal user the build runs as the caller, who owns root/: it is bound read-only
-# (EROFS where runc's build, not the owner, sees EACCES).
-BWRAP_REFUSED = {**REFUSED, "setuid-0": {"EPERM", "EINVAL"},
-                 **({} if os.geteuid() == 0 else
-                    {"write-etc": {"EROFS"}, "create-etc": {"EROFS"}})}
+BWRAP_REFUSED = {**REFUSED, "setuid-0": {"EPERM", "EINVAL"}}
 
 
 @pytest.mark.parametrize("attack", sorted(BWRAP_REFUSED))
@@ -174,19 +170,14 @@ def test_an_attack_is_refused(executor: Executor, busybox: Node, probe: Node,
     assert seen[attack] in BWRAP_REFUSED[attack], f"{attack}: the build saw {seen[attack]}"
 
 
-def test_a_bundle_for_another_uid_is_refused_as_a_normal_user() -> None:
-    from pytest_ocibuild.build.runtime.bwrap import _check_rootless
-
-    spec = _spec()  # canonical maps: the build user is host uid 100000
-    if AS_ROOT:
-        assert BwrapRuntime()._identity(spec, {})[:5] == [  # type: ignore[arg-type]
-            "setpriv", "--reuid", "100000", "--regid", "100000"]
-    with pytest.raises(RuntimeUnavailable, match="subordinate uid 100000"):
-        _check_rootless(spec)  # type: ignore[arg-type]
+def test_setpriv_takes_host_ids_as_root_and_namespace_ids_in_a_users_namespace() -> None:
+    spec = _spec()  # canonical maps: container root host uid 1000 / gid 100, the build user 100000
+    assert BwrapRuntime()._identity(spec, {})[:7] == [  # type: ignore[arg-type]
+        "setpriv", "--reuid", "100000", "--regid", "100000", "--groups", "100"]
+    assert BwrapRuntime()._identity(spec, {}, in_userns=True)[:7] == [  # type: ignore[arg-type]
+        "setpriv", "--reuid", "1000", "--regid", "100", "--groups", "0"]
 
 
-@pytest.mark.xfail(os.geteuid() != 0, strict=True, reason="as a normal user bwrap can map "
-                   "only the caller's own uid: builds run as the caller, not a subordinate id")
 def test_concurrent_builds_run_as_distinct_unused_ids(kept: Executor, busybox: Node) -> None:
     _distinct_ids(kept, busybox)
 
@@ -209,8 +200,6 @@ def bundles() -> Iterator[Path]:
 def _executor(bundles: Path, store: LocalStore, provider: str = "materialize",
               **kw: object) -> Executor:
     _require()
-    if not AS_ROOT:  # bwrap maps the caller itself to the build user (bwrap.py)
-        kw.setdefault("id_maps", caller_id_maps())
     return Executor(store, inputs=open_input_provider(provider),
                     runtime=open_runtime("bwrap"), bundle_root=bundles,
                     **kw)  # type: ignore[arg-type]
@@ -286,6 +275,21 @@ def test_exit_code_and_output(executor: Executor, busybox: Node) -> None:
     assert "to-the-log" in failed.value.detail
 
 
+def test_the_callers_own_ids_build_as_a_normal_user_only(bundles: Path,
+                                                        shared_store: LocalStore,
+                                                        busybox: Node) -> None:
+    """A normal user without subordinate ids gets ``caller_id_maps`` (bwrap maps the caller
+    to the build user); as root those maps would make root the build user: refused."""
+    ex = _executor(bundles, shared_store, id_maps=caller_id_maps())
+    request = _sh(busybox, "/inputs/busybox id -u")
+    if AS_ROOT:
+        with pytest.raises(BundleError, match="no host id other than root"):
+            ex.build(request)
+        return
+    built = ex.build(request)
+    assert Path(built.log_path or "").read_text().strip() == "1000"
+
+
 def test_a_missing_command_is_127(executor: Executor, busybox: Node) -> None:
     with pytest.raises(BuildFailed) as failed:
         executor.build(BuildRequest(inputs={"busybox": busybox}, command_args=("/nope",)))
@@ -351,7 +355,7 @@ def test_a_bwrap_setup_failure_is_a_bundle_error(tmp_path: Path, shared_store: L
     message, not the build's exit 1."""
     _require()
     request = _sh(busybox, "true")
-    maps = IdMaps.detect(reach=tmp_path) if AS_ROOT else caller_id_maps()
+    maps = IdMaps.detect(reach=tmp_path)
     spec = make_spec(request, id_maps=maps, network_files=())
     spec["mounts"].append({"destination": "/build/gone", "type": "none",  # type: ignore[attr-defined]
                            "source": str(tmp_path / "gone"), "options": ["rbind", "ro"]})

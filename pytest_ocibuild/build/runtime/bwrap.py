@@ -9,7 +9,8 @@ The reaper (docs/reaper.md) runs, in the foreground (bwrap's own exit status is 
   to (one per build slot), with container root's host group as its only supplementary group
   (the bundle directory is 0710 to that group, see bundle.owners), so bwrap makes its own
   user namespace, the build runs as uid 1000 there and what it writes belongs to that host
-  id; as a normal user bwrap maps the caller's own uid to the build user;
+  id; as a normal user, bwrap runs as the build user's subordinate id in a user namespace of
+  the caller's with the spec's mappings (``nsenter``, bwrap_userns), where the same happens;
 - as root, the sandbox is put in a cgroup v1 ``memory`` and ``pids`` cgroup of its own (by
   a ``sh`` wrapper writing its pid, then exec), read for limits reached and removed after.
 
@@ -24,9 +25,10 @@ Limits of the approach: bwrap (unlike runc) passes inherited fds on to the build
 reaper's control socket, which its children inherit, is replaced by /dev/null in the job
 (``files``). As root, bwrap mounts as the build's host uid: sources it cannot reach (below a
 0700 ``$XDG_RUNTIME_DIR`` or pytest temp dir) are bound for it in a mount namespace of the
-build's own (bwrap_alias). As a normal user bwrap can map only the
-caller's uid, so a bundle made for a subordinate uid is refused (RuntimeUnavailable): an
-executor for bwrap as a normal user is given ``caller_id_maps()``.
+build's own (bwrap_alias); as a normal user, in a mount namespace of that user namespace. A
+normal user without a subordinate id range gets ``caller_id_maps()`` (``id_maps``): bwrap maps
+the caller itself to the build user, so builds share the caller's uid (and ``RLIMIT_NPROC``
+counts all of its processes).
 """
 
 from __future__ import annotations
@@ -45,8 +47,15 @@ from typing import Any
 from pytest_ocibuild.build.ids import IdMaps, caller_id_maps
 from pytest_ocibuild.build.reaper_client import Job, ReaperGone
 from pytest_ocibuild.build.runtime.base import ExitStatus, OnOutput
-from pytest_ocibuild.build.runtime.bwrap_alias import ALIAS, ALIAS_SH, aliased, ensure_alias_dir
+from pytest_ocibuild.build.runtime.bwrap_alias import (
+    ALIAS,
+    ALIAS_SH,
+    aliased,
+    ensure_alias_dir,
+    user_alias_dir,
+)
 from pytest_ocibuild.build.runtime.bwrap_args import bwrap_args, host_id, prlimit_args
+from pytest_ocibuild.build.runtime.bwrap_userns import UserNamespaces
 from pytest_ocibuild.build.runtime.oci import USERNS_LIMIT, _read_int, _with_doctor
 from pytest_ocibuild.build.runtime.reaped import KILL_GRACE, ReapedRuntime
 from pytest_ocibuild.build.runtime.seccomp_bpf import bpf_file
@@ -75,8 +84,15 @@ class BwrapRuntime(ReapedRuntime):
     cgroup_controllers: tuple[str, ...] = ("memory", "pids")
 
     def id_maps(self) -> IdMaps | None:
-        """As a normal user, the caller's own ids (``caller_id_maps``); as root, the slots'."""
-        return caller_id_maps() if os.geteuid() != 0 else None
+        """None (the executor's: a host or subordinate id per build slot), but for a normal
+        user without a subordinate id range: the caller's own ids (``caller_id_maps``)."""
+        if os.geteuid() == 0:
+            return None
+        try:
+            IdMaps.detect()
+        except RuntimeUnavailable:
+            return caller_id_maps()
+        return None
 
     def __init__(self, binary: str = "bwrap") -> None:
         super().__init__()
@@ -84,6 +100,7 @@ class BwrapRuntime(ReapedRuntime):
         self._tools: dict[str, str] | None = None  # bwrap, prlimit, setpriv, sh: paths
         self._cgroups: dict[str, list[Path]] = {}  # container id -> its cgroups
         self._logs = threading.local()  # .log, .cid, .hit: the running build's
+        self._userns = UserNamespaces()  # a normal user's, by id mapping
 
     def __repr__(self) -> str:
         return f"BwrapRuntime({self.binary!r})"
@@ -95,6 +112,7 @@ class BwrapRuntime(ReapedRuntime):
         tools = {}
         for tool, package in ((self.binary, "bubblewrap"), ("prlimit", "util-linux"),
                               ("setpriv", "util-linux"), ("unshare", "util-linux"),
+                              ("nsenter", "util-linux"),
                               ("sh", "dash")):
             path = shutil.which(tool, path=os.environ.get("PATH", "") + ":" + _ENV["PATH"])
             if path is None:
@@ -153,25 +171,30 @@ class BwrapRuntime(ReapedRuntime):
 
             files[str(SECCOMP_FD)] = str(bpf_file(seccomp, runtime_state_dir(self.name)))
         config = _with_home(config, bundle)
+        as_root = os.geteuid() == 0
+        uid, gid = self._build_ids(config) if as_root else self._user_build_ids(config)
+        in_userns = not as_root and uid != os.geteuid()  # a subordinate id (bwrap_userns)
         alias: list[str] = []  # directories bwrap's user cannot reach (bwrap_alias)
-        if os.geteuid() == 0:
-            uid, gid = self._build_ids(config)
-            config, alias = aliased(config, bundle, uid, gid, *_extra_group(config, gid))
+        at = ALIAS if as_root else user_alias_dir()
+        if as_root or in_userns:
+            config, alias = aliased(config, bundle, uid, gid, *_extra_group(config, gid), at=at)
             if alias:
-                ensure_alias_dir()
+                ensure_alias_dir(at)
         argv = [tools.get("bwrap", self.binary),
                 *bwrap_args(config, str(bundle), status_fd=3,
                             seccomp_fd=SECCOMP_FD if seccomp else None,
-                            writable_in_root=None if os.geteuid() == 0 else ("/tmp",))]
+                            writable_in_root=None if as_root or in_userns else ("/tmp",))]
         groups: list[Path] = []
-        if os.geteuid() != 0:
-            _check_rootless(config)
-        else:
-            argv = [*self._identity(config, tools), *argv]
+        if as_root or in_userns:
+            argv = [*self._identity(config, tools, in_userns=in_userns), *argv]
             if alias:  # a mount namespace of its own, those directories bound in it
                 argv = [tools.get("unshare", "unshare"), "--mount", "--",
-                        tools.get("sh", "/bin/sh"), "-c", ALIAS_SH, "sh", str(ALIAS), *alias,
+                        tools.get("sh", "/bin/sh"), "-c", ALIAS_SH, "sh", str(at), *alias,
                         "--", *argv]
+        if in_userns:  # as root of the caller's user namespace with the spec's mappings
+            argv = [tools.get("nsenter", "nsenter"), f"--user={self._userns.path(config)}",
+                    "--", *argv]
+        if as_root:
             groups = self._make_cgroups(config, container_id)
             if groups:
                 argv = [tools.get("sh", "/bin/sh"), "-c", _ENTER, "sh",
@@ -197,10 +220,31 @@ class BwrapRuntime(ReapedRuntime):
                               "root (linux.uidMappings / gidMappings)")
         return uid, gid
 
-    def _identity(self, config: dict[str, Any], tools: dict[str, str]) -> list[str]:
-        """``setpriv`` to the host ids of the build user (root runs bwrap unprivileged)."""
-        uid, gid = self._build_ids(config)
-        extra = _extra_group(config, gid)
+    def _user_build_ids(self, config: dict[str, Any]) -> tuple[int, int]:
+        """A normal user's build user's host ids: the caller's when unmapped (bwrap maps
+        the caller itself), else the spec's (a subordinate id)."""
+        user = (config.get("process") or {}).get("user") or {}
+        uid = host_id(config, "uidMappings", int(user.get("uid", 0)))
+        gid = host_id(config, "gidMappings", int(user.get("gid", 0)))
+        if uid is None or uid == os.geteuid():
+            return os.geteuid(), os.getegid()
+        if gid is None:
+            raise BundleError("bwrap: the spec maps the build user's group to no host id "
+                              "(linux.gidMappings)")
+        return uid, gid
+
+    def _identity(self, config: dict[str, Any], tools: dict[str, str], *,
+                  in_userns: bool = False) -> list[str]:
+        """``setpriv`` to the build user: as root, its host ids (bwrap then runs
+        unprivileged); ``in_userns``, its ids in the spec's user namespace."""
+        if in_userns:
+            user = (config.get("process") or {}).get("user") or {}
+            uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+            extra = [0] if _extra_group(config, host_id(config, "gidMappings", gid) or 0) \
+                else []
+        else:
+            uid, gid = self._build_ids(config)
+            extra = _extra_group(config, gid)
         groups = ["--groups", str(extra[0])] if extra else ["--clear-groups"]
         return [tools.get("setpriv", "setpriv"), "--reuid", str(uid), "--regid", str(gid),
                 *groups, "--inh-caps=-all", "--"]
@@ -312,18 +356,6 @@ def _with_home(config: dict[str, Any], bundle: Path) -> dict[str, Any]:
     return {**config, "process": {**process, "env": [*env, f"HOME={home}"]}}
 
 
-
-
-def _check_rootless(config: dict[str, Any]) -> None:
-    """As a normal user bwrap can map only the caller's own uid to the build user: a spec
-    whose build user is a subordinate id (scratch dirs belong to it) cannot run."""
-    user = (config.get("process") or {}).get("user") or {}
-    uid = host_id(config, "uidMappings", int(user.get("uid", 0)))
-    if uid is not None and uid != os.geteuid():
-        raise RuntimeUnavailable(
-            f"bwrap as a normal user runs the build as your own uid {os.geteuid()}, but this "
-            f"bundle is made for subordinate uid {uid} (newuidmap): make it with "
-            "bwrap.caller_id_maps(), use --runtime runc, or run as root")
 
 
 def _tool_error(log: Path | None) -> str | None:

@@ -7,6 +7,10 @@ is host root) it cannot. Then each such source's directory just below the deepes
 unsearchable one is bound (``mount --rbind``, by root) at ``ALIAS/<n>`` on a tmpfs, in a mount
 namespace of the build's own (``unshare --mount``: nothing changes on the host, nothing is
 left to clean up), and bwrap is given the sources there.
+
+As a normal user, bwrap runs as a subordinate uid in a user namespace the caller owns
+(bwrap_userns), where the caller can mount: the same is done there, at ``user_alias_dir()``
+(``/tmp/ocibuild-bwrap-<uid>``, a directory of the caller's; only a mount point, it stays empty).
 """
 
 from __future__ import annotations
@@ -43,10 +47,10 @@ def below_unsearchable(path: str, uid: int, *gids: int) -> str | None:
     return None if last is None else str(Path(*parts[:last + 1]))
 
 
-def aliased(config: dict[str, Any], bundle: Path, uid: int, *gids: int,
+def aliased(config: dict[str, Any], bundle: Path, uid: int, *gids: int, at: Path = ALIAS,
             ) -> tuple[dict[str, Any], list[str]]:
     """``config`` with the root's and bind mounts' sources resolved (as root) and those that
-    ``uid`` (groups ``gids``) cannot reach moved below ``ALIAS``; the directories to bind there, in
+    ``uid`` (groups ``gids``) cannot reach moved below ``at``; the directories to bind there, in
     order ([]: every source is reachable, ``config`` is returned as it is)."""
     below: dict[str, str | None] = {}  # a source's directory -> the ancestor blocking it
     dirs: list[str] = []
@@ -65,7 +69,7 @@ def aliased(config: dict[str, Any], bundle: Path, uid: int, *gids: int,
         top = os.path.join(blocker, Path(real).parts[len(Path(blocker).parts)])
         if top not in dirs:
             dirs.append(top)
-        return f"{ALIAS}/{dirs.index(top)}{real[len(top):]}"
+        return f"{at}/{dirs.index(top)}{real[len(top):]}"
 
     out = dict(config)
     root = dict(out.get("root") or {})
@@ -77,12 +81,19 @@ def aliased(config: dict[str, Any], bundle: Path, uid: int, *gids: int,
     return (out, dirs) if dirs else (config, [])
 
 
-def ensure_alias_dir() -> None:
-    """``ALIAS`` exists, a directory only root may write to."""
+def user_alias_dir() -> Path:
+    """A normal user's alias mount point (``/tmp`` is searchable by every uid)."""
+    return Path(f"/tmp/ocibuild-bwrap-{os.geteuid()}")
+
+
+def ensure_alias_dir(path: Path = ALIAS) -> None:
+    """``path`` exists, a directory only the caller (root: ``ALIAS``) may write to."""
     try:
-        ALIAS.mkdir(mode=0o711, exist_ok=True)
-        st = os.lstat(ALIAS)
+        path.mkdir(mode=0o711, exist_ok=True)
+        st = os.lstat(path)
     except OSError as e:
-        raise RuntimeUnavailable(f"bwrap: cannot create {ALIAS}: {e.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
-        raise RuntimeUnavailable(f"bwrap: {ALIAS} is not a directory only root can write")
+        raise RuntimeUnavailable(f"bwrap: cannot create {path}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        who = "root" if os.geteuid() == 0 else "you"
+        raise RuntimeUnavailable(f"bwrap: {path} is not a directory only {who} can write "
+                                 f"(remove it)")

@@ -58,7 +58,8 @@ def bwrap_args(config: dict[str, Any], bundle: str, *, status_fd: int | None = 3
     command. ``status_fd``: ``--json-status-fd``; ``seccomp_fd``: where the compiled
     ``linux.seccomp`` can be read (required when the spec has one). ``writable_in_root``:
     bind the root read-only, and only these directories of it writable (for a root the
-    build user owns: a normal user's bwrap build runs as the caller, who owns ``root/``)."""
+    build user owns: a normal user's bwrap build without subordinate ids runs as the caller,
+    who owns ``root/``)."""
     process = config.get("process") or {}
     linux = config.get("linux") or {}
     kinds = {n.get("type") for n in linux.get("namespaces") or ()}
